@@ -1,0 +1,3 @@
+from kubecert.cli import main
+
+main()

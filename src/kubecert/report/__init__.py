@@ -1,0 +1,1 @@
+"""Renderers: data in (a NodeReport), text out. Table (kubeadm's layout), JSON, YAML."""

@@ -1,0 +1,324 @@
+"""Pure functions on cryptography objects: parse, inspect, verify and issue. No file I/O here.
+
+Every function takes bytes or cryptography objects and returns values; ``now`` is always a
+parameter. Errors are :class:`kubecert.errors.PKIError` naming the source the caller gave.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import ipaddress
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple, Union
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from .errors import PKIError
+
+PrivateKey = Union[rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey]
+PublicKey = Union[rsa.RSAPublicKey, ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey]
+
+KEY_TYPES = ("rsa-2048", "rsa-3072", "rsa-4096", "ecdsa-p256")
+
+_EKU_NAMES = {
+    ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth",
+    ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth",
+}
+_EKU_OIDS = {v: k for k, v in _EKU_NAMES.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# parsing
+# ---------------------------------------------------------------------------------------------
+
+def load_cert(data: bytes, source: str) -> x509.Certificate:
+    """The first PEM certificate in ``data``."""
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        raise PKIError(f"{source}: no PEM certificate in file (corrupt or empty?)")
+    try:
+        return x509.load_pem_x509_certificate(data)
+    except ValueError as exc:
+        raise PKIError(f"{source}: corrupt PEM certificate ({_short(exc)})") from None
+
+
+def load_certs(data: bytes, source: str) -> List[x509.Certificate]:
+    """Every PEM certificate in ``data`` (a kubelet-client-current.pem holds cert + key)."""
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        raise PKIError(f"{source}: no PEM certificate in file (corrupt or empty?)")
+    try:
+        return x509.load_pem_x509_certificates(data)
+    except ValueError as exc:
+        raise PKIError(f"{source}: corrupt PEM certificate ({_short(exc)})") from None
+
+
+def load_key(data: bytes, source: str, *, validate: bool = False) -> PrivateKey:
+    """The PEM private key in ``data`` (PKCS#1, SEC1 or PKCS#8). Never echoes key bytes.
+
+    ``validate`` runs OpenSSL's (slow) RSA consistency check; comparing a key with a cert does
+    not need it, signing with a CA key does."""
+    if b"PRIVATE KEY-----" not in data:
+        raise PKIError(f"{source}: no PEM private key in file (corrupt or empty?)")
+    try:
+        key = serialization.load_pem_private_key(_only_key_block(data), password=None,
+                                                 unsafe_skip_rsa_key_validation=not validate)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise PKIError(f"{source}: corrupt or encrypted PEM private key") from None
+    if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)):
+        raise PKIError(f"{source}: unsupported private key type {type(key).__name__}")
+    return key
+
+
+def load_public_key(data: bytes, source: str) -> PublicKey:
+    if b"PUBLIC KEY-----" not in data:
+        raise PKIError(f"{source}: no PEM public key in file (corrupt or empty?)")
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, UnsupportedAlgorithm):
+        raise PKIError(f"{source}: corrupt PEM public key") from None
+    if not isinstance(key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey)):
+        raise PKIError(f"{source}: unsupported public key type {type(key).__name__}")
+    return key
+
+
+def _only_key_block(data: bytes) -> bytes:
+    start = data.find(b"-----BEGIN ")
+    while start != -1 and b"PRIVATE KEY-----" not in data[start:data.find(b"\n", start)]:
+        start = data.find(b"-----BEGIN ", start + 1)
+    return data[start:] if start != -1 else data
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:120]
+
+
+# ---------------------------------------------------------------------------------------------
+# inspection
+# ---------------------------------------------------------------------------------------------
+
+def _public(key: Union[PrivateKey, PublicKey]) -> PublicKey:
+    if isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)):
+        return key.public_key()
+    return key
+
+
+def spki_der(key: Union[PrivateKey, PublicKey]) -> bytes:
+    return _public(key).public_bytes(serialization.Encoding.DER,
+                                     serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def spki_sha256(key: Union[PrivateKey, PublicKey]) -> str:
+    return hashlib.sha256(spki_der(key)).hexdigest()
+
+
+def key_matches_cert(cert: x509.Certificate, key: PrivateKey) -> bool:
+    return spki_der(cert.public_key()) == spki_der(key)  # type: ignore[arg-type,unused-ignore]
+
+
+def key_pair_matches(private: PrivateKey, public: PublicKey) -> bool:
+    return spki_der(private) == spki_der(public)
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def not_before(cert: x509.Certificate) -> dt.datetime:
+    return cert.not_valid_before_utc
+
+
+def not_after(cert: x509.Certificate) -> dt.datetime:
+    return cert.not_valid_after_utc
+
+
+def common_name(name: x509.Name) -> str:
+    attrs = name.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(attrs[0].value) if attrs else ""
+
+
+def organizations(name: x509.Name) -> Tuple[str, ...]:
+    return tuple(str(a.value) for a in name.get_attributes_for_oid(NameOID.ORGANIZATION_NAME))
+
+
+def sans(cert: x509.Certificate) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
+    """(DNS names, IP addresses as text), in certificate order."""
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return (), ()
+    return (tuple(ext.get_values_for_type(x509.DNSName)),
+            tuple(str(ip) for ip in ext.get_values_for_type(x509.IPAddress)))
+
+
+def ekus(cert: x509.Certificate) -> Tuple[str, ...]:
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return ()
+    return tuple(_EKU_NAMES.get(oid, oid.dotted_string) for oid in ext)
+
+
+def is_ca_cert(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def key_description(key: Union[PrivateKey, PublicKey]) -> str:
+    if isinstance(key, (rsa.RSAPrivateKey, rsa.RSAPublicKey)):
+        return f"rsa-{key.key_size}"
+    if isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)):
+        return {"secp256r1": "ecdsa-p256", "secp384r1": "ecdsa-p384"}.get(key.curve.name, key.curve.name)
+    return "ed25519"
+
+
+def signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """True when ``issuer``'s key made ``cert``'s signature and ``cert`` names it as issuer.
+
+    ``verify_directly_issued_by`` checks exactly that and nothing else (no dates, no CA flag);
+    callers check those on their own.
+    """
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# issuing
+# ---------------------------------------------------------------------------------------------
+
+def generate_key(key_type: str = "rsa-2048") -> PrivateKey:
+    if key_type.startswith("rsa-"):
+        return rsa.generate_private_key(public_exponent=65537, key_size=int(key_type[4:]))
+    if key_type == "ecdsa-p256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if key_type == "ecdsa-p384":
+        return ec.generate_private_key(ec.SECP384R1())
+    raise PKIError(f"unknown key type {key_type!r}; choose one of {', '.join(KEY_TYPES)}")
+
+
+def key_pem(key: PrivateKey) -> bytes:
+    """PEM as kubeadm writes it: PKCS#1 ``RSA PRIVATE KEY`` / SEC1 ``EC PRIVATE KEY``."""
+    fmt = (serialization.PrivateFormat.PKCS8 if isinstance(key, ed25519.Ed25519PrivateKey)
+           else serialization.PrivateFormat.TraditionalOpenSSL)
+    return key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption())
+
+
+def public_key_pem(key: Union[PrivateKey, PublicKey]) -> bytes:
+    return _public(key).public_bytes(serialization.Encoding.PEM,
+                                     serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def cert_pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _hash_for(key: PrivateKey) -> Optional[hashes.SHA256]:
+    return None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+
+
+def random_serial() -> int:
+    """A random serial in 1 .. 2^63-1, like kubeadm's (8 bytes, positive)."""
+    serial = 0
+    while serial == 0:
+        serial = x509.random_serial_number() >> 96
+    return serial
+
+
+@dataclass(frozen=True)
+class Template:
+    """What a new certificate says, independent of who signs it."""
+
+    cn: str
+    orgs: Tuple[str, ...] = ()
+    eku: Tuple[str, ...] = ()
+    dns: Tuple[str, ...] = ()
+    ips: Tuple[str, ...] = ()
+    is_ca: bool = False
+
+    def subject(self) -> x509.Name:
+        attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in self.orgs]
+        attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, self.cn))
+        return x509.Name(attrs)
+
+
+def _key_usage(ca: bool, digital_signature: bool = True, key_encipherment: bool = True) -> x509.KeyUsage:
+    return x509.KeyUsage(digital_signature=digital_signature, content_commitment=False,
+                         key_encipherment=key_encipherment, data_encipherment=False,
+                         key_agreement=False, key_cert_sign=ca, crl_sign=False,
+                         encipher_only=False, decipher_only=False)
+
+
+def _san(dns: Sequence[str], ips: Sequence[str]) -> x509.SubjectAlternativeName:
+    names: List[x509.GeneralName] = [x509.DNSName(d) for d in dns]
+    names += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+    return x509.SubjectAlternativeName(names)
+
+
+def make_ca(template: Template, key: PrivateKey, not_before: dt.datetime,
+            not_after: dt.datetime, serial: Optional[int] = None) -> x509.Certificate:
+    """A self-signed CA shaped as kubeadm's: KU, BC, SKI, SAN DNS:<CN> in that order."""
+    subject = template.subject()
+    b = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+         .public_key(key.public_key()).serial_number(serial or random_serial())
+         .not_valid_before(not_before).not_valid_after(not_after)
+         .add_extension(_key_usage(ca=True), critical=True)
+         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+         .add_extension(_san(template.dns or (template.cn,), template.ips), critical=False))
+    return b.sign(key, _hash_for(key))
+
+
+def _ski_of(cert: x509.Certificate) -> x509.SubjectKeyIdentifier:
+    try:
+        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return x509.SubjectKeyIdentifier.from_public_key(cert.public_key())  # type: ignore[arg-type,unused-ignore]
+
+
+def make_leaf(template: Template, public_key: PublicKey, ca_cert: x509.Certificate, ca_key: PrivateKey,
+              not_before: dt.datetime, not_after: dt.datetime,
+              serial: Optional[int] = None) -> x509.Certificate:
+    """A leaf shaped as kubeadm's: KU, EKU, BC, AKI (= CA's SKI), SAN (if any); no SKI."""
+    rsa_key = isinstance(public_key, rsa.RSAPublicKey)
+    b = (x509.CertificateBuilder().subject_name(template.subject()).issuer_name(ca_cert.subject)
+         .public_key(public_key).serial_number(serial or random_serial())
+         .not_valid_before(not_before).not_valid_after(not_after)
+         .add_extension(_key_usage(ca=False, key_encipherment=rsa_key), critical=True))
+    if template.eku:
+        b = b.add_extension(x509.ExtendedKeyUsage([_EKU_OIDS[u] for u in template.eku]), critical=False)
+    b = b.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+    b = b.add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(_ski_of(ca_cert)),
+                        critical=False)
+    if template.dns or template.ips:
+        b = b.add_extension(_san(template.dns, template.ips), critical=False)
+    return b.sign(ca_key, _hash_for(ca_key))
+
+
+def reissue(old: x509.Certificate, public_key: PublicKey, ca_cert: x509.Certificate, ca_key: PrivateKey,
+            not_before: dt.datetime, not_after: dt.datetime,
+            serial: Optional[int] = None) -> x509.Certificate:
+    """A new certificate copied from ``old``: the same subject (every attribute, in order) and
+    every extension in the same order and criticality, except AKI (the CA's SKI now) and SKI
+    (the new key's, only where the old one had an SKI). New serial, key and validity."""
+    b = (x509.CertificateBuilder().subject_name(old.subject).issuer_name(ca_cert.subject)
+         .public_key(public_key).serial_number(serial or random_serial())
+         .not_valid_before(not_before).not_valid_after(not_after))
+    for ext in old.extensions:
+        value: x509.ExtensionType = ext.value
+        if isinstance(value, x509.AuthorityKeyIdentifier):
+            value = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(_ski_of(ca_cert))
+        elif isinstance(value, x509.SubjectKeyIdentifier):
+            value = x509.SubjectKeyIdentifier.from_public_key(public_key)
+        elif isinstance(value, x509.UnrecognizedExtension):
+            pass
+        b = b.add_extension(value, critical=ext.critical)
+    return b.sign(ca_key, _hash_for(ca_key))
