@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Install what kubecert's tests and demo need on a fresh Debian machine (run as root).
+# Debian: openssl (independent checker), etcd-server/etcd-client (real etcd in tests),
+# openssh-server (real sshd in tests), iproute2. Python: kubecert itself with its test extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+need_apt=()
+command -v openssl >/dev/null || need_apt+=(openssl)
+command -v etcd >/dev/null || need_apt+=(etcd-server)
+command -v etcdctl >/dev/null || need_apt+=(etcd-client)
+command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
+command -v ip >/dev/null || need_apt+=(iproute2)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+python3 -m pip install -q --disable-pip-version-check -e ".[test]"

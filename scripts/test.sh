@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The README's test command: install dependencies, lint, type-check, run the whole suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh
+python3 -m ruff check src tests bench
+python3 -m mypy
+python3 -m pytest -q

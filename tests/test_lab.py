@@ -1,0 +1,203 @@
+"""The lab has kubeadm's shape: every cert compared field by field with real kubeadm v1.28.4 output."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import pytest
+import yaml
+from cryptography import x509
+
+from kubecert import spec, x509ops
+from kubecert.inventory import scan
+from kubecert.lab import LabSpec, create
+from kubecert.store import LocalFS
+
+FIXTURES = Path(os.environ.get("KUBECERT_FIXTURES",
+                               Path(__file__).resolve().parents[2] / "shared/fixtures/kubeadm-v1.28.4"))
+NOW = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.timezone.utc)
+# SANs the lab may add: loopback, so it runs on 127.0.0.1, and the load balancer's name, which the
+# external-etcd fixture left out (its controlPlaneEndpoint is a bare IP)
+LAB_EXTRA_SANS = {"127.0.0.1", "localhost", "k8s-api.example.test"}
+
+
+def _certs_of(root: Path) -> Dict[str, x509.Certificate]:
+    """name -> certificate for every table entry present under a node root."""
+    out: Dict[str, x509.Certificate] = {}
+    kube = root / "etc/kubernetes"
+    for e in spec.ENTRIES:
+        if e.kind in (spec.Kind.CA, spec.Kind.LEAF):
+            p = kube / "pki" / (e.path + ".crt")
+            if p.exists():
+                out[e.name] = x509.load_pem_x509_certificate(p.read_bytes())
+        elif e.kind is spec.Kind.KUBECONFIG and (kube / e.path).exists():
+            doc = yaml.safe_load((kube / e.path).read_text())
+            user = doc["users"][0]["user"]
+            if "client-certificate-data" in user:
+                pem = base64.b64decode(user["client-certificate-data"])
+            else:
+                pem = LocalFS(str(root)).read(user["client-certificate"])  # symlink inside the root
+            out[e.name] = x509.load_pem_x509_certificates(pem)[0]
+    return out
+
+
+def _shape(cert: x509.Certificate, node: str, ip: str) -> Tuple[object, ...]:
+    def norm(v: str) -> str:
+        return v.replace(node, "{node}").replace(ip, "{ip}")
+
+    ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    dns, ips = x509ops.sans(cert)
+    return (
+        norm(cert.subject.rfc4514_string()),
+        cert.issuer.rfc4514_string(),
+        [(e.oid.dotted_string, e.critical) for e in cert.extensions],  # extension order
+        (ku.digital_signature, ku.key_encipherment, ku.key_cert_sign),
+        x509ops.ekus(cert),
+        x509ops.is_ca_cert(cert),
+        frozenset(norm(n) for n in dns + ips),
+    )
+
+
+def _fixture_ip(root: Path) -> str:
+    docs = list(yaml.safe_load_all((root / "etc/kubernetes/kubeadm-config.yaml").read_text()))
+    return str(next(d for d in docs if d["kind"] == "InitConfiguration")["localAPIEndpoint"]["advertiseAddress"])
+
+
+def _compare(fixture_node: Path, lab_node: Path, node: str) -> List[str]:
+    theirs = _certs_of(fixture_node)
+    ours = _certs_of(lab_node)
+    fixture_ip, lab_ip = _fixture_ip(fixture_node), _fixture_ip(lab_node)
+    assert theirs, f"no fixture certs under {fixture_node}"
+    compared = []
+    for name, cert in theirs.items():
+        assert name in ours, f"lab lacks {name}"
+        a = _shape(cert, node, fixture_ip)
+        b = _shape(ours[name], node, lab_ip)
+        assert a[:6] == b[:6], f"{name}: kubeadm {a[:6]} != lab {b[:6]}"
+        # SANs: the same names, plus only loopback names the lab adds so it runs on 127.0.0.1
+        fixture_sans, lab_sans = a[6], b[6]
+        assert isinstance(fixture_sans, frozenset) and isinstance(lab_sans, frozenset)
+        assert fixture_sans <= lab_sans, f"{name}: lab misses SANs {sorted(fixture_sans - lab_sans)}"
+        assert lab_sans - fixture_sans <= LAB_EXTRA_SANS, f"{name}: lab adds {sorted(lab_sans - fixture_sans)}"
+        compared.append(name)
+    return compared
+
+
+@pytest.fixture(scope="module")
+def stacked_lab(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("lab") / "stacked"
+    create(str(d), LabSpec(nodes=3, topology="stacked"), now=NOW)
+    return d
+
+
+@pytest.fixture(scope="module")
+def external_lab(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("lab") / "external"
+    create(str(d), LabSpec(nodes=3, topology="external-etcd"), now=NOW)
+    return d
+
+
+def test_stacked_lab_has_kubeadm_shape(stacked_lab: Path) -> None:
+    names = _compare(FIXTURES / "ha-stacked/master-2", stacked_lab / "master-2", "master-2")
+    assert set(names) == {"ca", "front-proxy-ca", "etcd-ca", "apiserver", "apiserver-kubelet-client",
+                          "front-proxy-client", "etcd-server", "etcd-peer", "etcd-healthcheck-client",
+                          "apiserver-etcd-client", "admin.conf", "controller-manager.conf", "scheduler.conf",
+                          "kubelet.conf"}
+
+
+@pytest.mark.parametrize("node", ["etcd-1", "etcd-2", "master-1", "master-3"])
+def test_external_lab_has_kubeadm_shape(external_lab: Path, node: str) -> None:
+    names = _compare(FIXTURES / "external-etcd" / node, external_lab / node, node)
+    assert "apiserver-etcd-client" in names and "etcd-ca" in names
+
+
+def test_external_lab_distributes_like_the_guide(external_lab: Path) -> None:
+    """etcd/ca.key only on etcd-1; masters hold etcd-1's apiserver-etcd-client and no etcd CA key."""
+    assert (external_lab / "etcd-1/etc/kubernetes/pki/etcd/ca.key").exists()
+    for n in ("etcd-2", "etcd-3", "master-1", "master-2", "master-3"):
+        assert not (external_lab / n / "etc/kubernetes/pki/etcd/ca.key").exists(), n
+    client = (external_lab / "etcd-1/etc/kubernetes/pki/apiserver-etcd-client.crt").read_bytes()
+    for n in ("master-1", "master-2", "master-3"):
+        assert (external_lab / n / "etc/kubernetes/pki/apiserver-etcd-client.crt").read_bytes() == client
+
+
+def test_shared_cas_and_sa_per_node_leafs(stacked_lab: Path) -> None:
+    pki = [stacked_lab / f"master-{i}/etc/kubernetes/pki" for i in (1, 2, 3)]
+    for f in ("ca.crt", "ca.key", "front-proxy-ca.crt", "etcd/ca.crt", "etcd/ca.key", "sa.key", "sa.pub"):
+        assert len({(p / f).read_bytes() for p in pki}) == 1, f
+    for f in ("apiserver.crt", "etcd/server.crt", "etcd/peer.crt", "apiserver.key"):
+        assert len({(p / f).read_bytes() for p in pki}) == 3, f
+
+
+def test_file_modes_as_kubeadm(stacked_lab: Path) -> None:
+    root = stacked_lab / "master-1"
+    for p in root.rglob("*"):
+        if p.is_symlink() or p.is_dir():
+            continue
+        mode = p.stat().st_mode & 0o777
+        if p.suffix in (".key", ".conf", ".pem") or p.name == "sa.pub" or p.parent.name == "manifests":
+            assert mode == 0o600, (p, oct(mode))
+        else:
+            assert mode == 0o644, (p, oct(mode))
+
+
+def test_lab_checks_clean_and_detects_profiles(stacked_lab: Path, external_lab: Path) -> None:
+    expected = {stacked_lab / "master-1": "stacked", external_lab / "master-2": "external-etcd",
+                external_lab / "etcd-3": "etcd-host"}
+    for root, profile in expected.items():
+        report = scan(LocalFS(str(root)), now=NOW)
+        assert report.profile.name == profile
+        assert report.findings == (), report.findings
+        assert report.exit_code(dt.timedelta(days=30), dt.timedelta(days=7)) == 0
+        assert not any(i.missing for i in report.items)
+
+
+def test_kubelet_uses_rotated_client_cert(stacked_lab: Path) -> None:
+    pki = stacked_lab / "master-1/var/lib/kubelet/pki"
+    link = pki / "kubelet-client-current.pem"
+    assert link.is_symlink() and os.readlink(link).startswith("/var/lib/kubelet/pki/kubelet-client-")
+    report = scan(LocalFS(str(stacked_lab / "master-1")), now=NOW)
+    item = report.item("kubelet.conf")
+    assert item.cert_source == "/var/lib/kubelet/pki/kubelet-client-current.pem"
+    assert item.subject == "CN=system:node:master-1,O=system:nodes"
+
+
+@pytest.mark.parametrize("flag,expect_exit,expect_text", [
+    (["--expired"], 2, "<invalid>"),
+    (["--expires-in", "5d"], 2, "5d "),
+    (["--expires-in", "20d"], 1, "20d "),
+])
+def test_lab_expiry_flags_via_cli(tmp_path: Path, flag: List[str], expect_exit: int, expect_text: str) -> None:
+    now = "2026-11-30T12:00:00Z"
+    d = tmp_path / "lab"
+    subprocess.run([sys.executable, "-m", "kubecert", "lab", "create", str(d), "--nodes", "1",
+                    "--key-type", "ecdsa", "--now", now, *flag], check=True, capture_output=True)
+    r = subprocess.run([sys.executable, "-m", "kubecert", "check", "--root", str(d / "master-1"), "--now", now],
+                       capture_output=True, text=True)
+    assert r.returncode == expect_exit, r.stdout + r.stderr
+    apiserver = next(line for line in r.stdout.splitlines() if line.startswith("apiserver "))
+    assert expect_text in apiserver
+    # CAs stay valid however old the leafs are
+    assert "CA" not in "".join(line for line in r.stdout.splitlines() if "ca-expired" in line)
+
+
+def test_ecdsa_lab(tmp_path: Path) -> None:
+    create(str(tmp_path / "l"), LabSpec(nodes=1, key_type="ecdsa"), now=NOW)
+    report = scan(LocalFS(str(tmp_path / "l/master-1")), now=NOW)
+    assert report.findings == ()
+    assert {i.key_type for i in report.items if i.key_type} == {"ecdsa-p256"}
+
+
+def test_lab_refuses_non_empty_dir(tmp_path: Path) -> None:
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x/file").write_text("keep me")
+    r = subprocess.run([sys.executable, "-m", "kubecert", "lab", "create", str(tmp_path / "x")],
+                       capture_output=True, text=True)
+    assert r.returncode == 3 and r.stderr.startswith("kubecert: error:") and "Traceback" not in r.stderr
+    assert (tmp_path / "x/file").read_text() == "keep me"
