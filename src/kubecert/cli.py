@@ -159,6 +159,190 @@ def lab_create(directory: str, nodes: int, topology: str, expired: bool, expires
                f"try: kubecert check --root {result.nodes[0].root}")
 
 
+def _fault_from_env() -> Any:
+    """Test seam: KUBECERT_TEST_CRASH_AT=N dies like kill -9 at transaction step N;
+    KUBECERT_TEST_STEP_LOG=FILE records every step's label."""
+    import os
+
+    crash_at = int(os.environ.get("KUBECERT_TEST_CRASH_AT", "0") or 0)
+    log = os.environ.get("KUBECERT_TEST_STEP_LOG")
+    if not crash_at and not log:
+        return None
+
+    def fault(step: int, label: str) -> None:
+        if log:
+            with open(log, "a") as fh:
+                fh.write(f"{step} {label}\n")
+        if step == crash_at:
+            os._exit(137)
+
+    return fault
+
+
+def _fmt_time(t: Optional[dt.datetime]) -> str:
+    return "-" if t is None else t.strftime("%Y-%m-%d %H:%M")
+
+
+def _fmt_serial(n: Optional[int]) -> str:
+    return "-" if n is None else format(n, "X")
+
+
+def _print_plan(p: Any, console: Any) -> None:
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+    for col in ("NAME", "ACTION", "SERIAL old -> new", "NOT AFTER old -> new (UTC)", "KEY", "NOTE"):
+        table.add_column(col, overflow="fold")
+    for i in p.items:
+        if i.action == "skip":
+            table.add_row(i.name, "skip", "", "", "", i.reason)
+            continue
+        note = "; ".join(i.differences) if i.differences else "subject, SANs, usages unchanged"
+        if i.capped:
+            note += "; NotAfter capped at the CA's"
+        if i.reason:
+            note = f"{i.reason}; {note}"
+        table.add_row(i.name, "renew", f"{_fmt_serial(i.old_serial)} -> {_fmt_serial(i.new_serial)}",
+                      f"{_fmt_time(i.old_not_after)} -> {_fmt_time(i.new_not_after)}", i.key, note)
+    console.print(f"Plan for {p.root} (profile {p.profile.name}), now {_fmt_time(p.now)} UTC, "
+                  f"NotAfter = now + {p.days}d:")
+    console.print(table)
+    for w in p.warnings:
+        console.print(f"warning: {w}")
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(width=200 if not sys.stdout.isatty() else None, highlight=False, soft_wrap=False)
+
+
+@cli.command()
+@click.argument("names", nargs=-1, type=click.Choice(("all",) + spec.RENEWABLE))
+@root_option
+@click.option("--days", default=365, show_default=True, type=click.IntRange(1, 36500),
+              help="Validity of the new certificates (capped at the CA's NotAfter).")
+@click.option("--key", "key_mode", type=click.Choice(["new", "reuse"]), default="new", show_default=True,
+              help="A new private key (as kubeadm) or keep the existing one.")
+@click.option("--key-type", type=click.Choice(["rsa-2048", "rsa-3072", "rsa-4096", "ecdsa-p256"]),
+              help="Type of new keys (default: the type and size of the old key).")
+@click.option("--update-user-kubeconfigs", is_flag=True,
+              help="Also update copies of admin.conf under /root/.kube and /home/*/.kube.")
+@click.option("--dry-run", is_flag=True, help="Show the plan; write nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Apply without asking.")
+@now_option
+@profile_option
+@_handle_errors
+def renew(names: tuple[str, ...], root: str, days: int, key_mode: str, key_type: Optional[str],
+          update_user_kubeconfigs: bool, dry_run: bool, yes: bool, now_text: Optional[str],
+          profile_text: Optional[str]) -> None:
+    """Renew certificates and kubeconfigs offline, from the existing ones.
+
+    NAMES are kubeadm's names (apiserver, etcd-server, admin.conf, ...) or `all` (the default).
+    Every file touched is backed up first under /etc/kubernetes/.kubecert/backups/<id>
+    (see `kubecert backups list`, `kubecert rollback`).
+    """
+    now = parse_now(now_text)
+    from . import renew as R
+    from .store import LocalFS
+    from .store.txn import LOCK, recover
+
+    fs = LocalFS(root)
+    profile = spec.parse_profile(profile_text) if profile_text else None
+    console = _console()
+    selected = list(names) or ["all"]
+    kwargs = dict(days=days, key_mode=key_mode, key_type=key_type, profile=profile,
+                  update_user_kubeconfigs=update_user_kubeconfigs)
+    if dry_run:
+        p = R.plan(fs, selected, now=now, **kwargs)  # type: ignore[arg-type]
+        _print_plan(p, console)
+        console.print(f"dry run: {len(p.renewed)} to renew, {len(p.writes)} file(s) would be written; "
+                      "nothing was written")
+        return
+    with fs.lock(LOCK):
+        recovered = recover(fs, now)
+        if recovered:
+            console.print(f"recovered: {recovered}")
+        p = R.plan(fs, selected, now=now, **kwargs)  # type: ignore[arg-type]
+        _print_plan(p, console)
+        if not p.writes:
+            console.print("nothing to renew")
+            return
+        if not yes:
+            if not sys.stdin.isatty():
+                fail("not a terminal and --yes not given; re-run with --yes to apply this plan")
+            if not click.confirm(f"Renew {len(p.renewed)} item(s), writing {len(p.writes)} file(s)?"):
+                fail("aborted; nothing was written", 1)
+        backup = R.apply(fs, p, fault=_fault_from_env())
+    console.print(f"renewed {len(p.renewed)} item(s); backup {backup.id} in {fs.display(backup.dir)} "
+                  f"(undo: kubecert rollback {backup.id}{'' if root == '/' else ' --root ' + root})")
+    if p.components:
+        console.print("restart to load the new files: " + ", ".join(p.components))
+
+
+@cli.group()
+def backups() -> None:
+    """Backups taken before every change."""
+
+
+@backups.command("list")
+@root_option
+@_handle_errors
+def backups_list(root: str) -> None:
+    """List backups, oldest first."""
+    from .store import LocalFS
+    from .store.txn import list_backups
+
+    fs = LocalFS(root)
+    found = list_backups(fs)
+    if not found:
+        click.echo("no backups")
+        return
+    click.echo(f"{'ID':<22} {'CREATED':<21} {'ACTION':<9} FILES")
+    for b in found:
+        click.echo(f"{b.id:<22} {b.created:<21} {b.action:<9} {len(b.entries)}")
+
+
+@cli.command()
+@click.argument("backup_id", required=False)
+@root_option
+@click.option("--yes", "-y", is_flag=True, help="Restore without asking.")
+@now_option
+@_handle_errors
+def rollback(backup_id: Optional[str], root: str, yes: bool, now_text: Optional[str]) -> None:
+    """Restore a backup (default: the latest renewal's) atomically."""
+    now = parse_now(now_text)
+    from . import renew as R
+    from .store import LocalFS
+
+    fs = LocalFS(root)
+    if not yes and not sys.stdin.isatty():
+        fail("not a terminal and --yes not given; re-run with --yes to restore")
+    if not yes and not click.confirm(f"Restore backup {backup_id or '(latest)'} on {root}?"):
+        fail("aborted; nothing was written", 1)
+    target, backup, recovered = R.rollback(fs, backup_id, now=now, fault=_fault_from_env())
+    if recovered:
+        click.echo(f"recovered: {recovered}")
+    click.echo(f"restored backup {target.id} ({len(target.entries)} file(s)); the replaced state is in "
+               f"backup {backup.id}")
+
+
+@cli.command()
+@root_option
+@now_option
+@_handle_errors
+def recover(root: str, now_text: Optional[str]) -> None:
+    """Finish a change that was interrupted (crash, kill -9, power loss): the tree ends all-old."""
+    from .store import LocalFS
+    from .store.txn import LOCK
+    from .store.txn import recover as do_recover
+
+    fs = LocalFS(root)
+    with fs.lock(LOCK):
+        done = do_recover(fs, parse_now(now_text))
+    click.echo(done or "nothing to recover")
+
+
 def main() -> None:
     cli(prog_name="kubecert")
 

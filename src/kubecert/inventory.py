@@ -108,8 +108,11 @@ class NodeReport:
                 code = 2
             left = i.residual(self.now)
             if left is not None:
+                # the apiserver does not verify the kubelet's self-signed serving cert by default:
+                # its expiry is worth a warning, never an outage
+                worst = 1 if i.entry.kind is spec.Kind.KUBELET_SERVING else 2
                 if left <= crit:
-                    code = 2
+                    code = max(code, worst)
                 elif left <= warn:
                     code = max(code, 1)
         return code
@@ -184,6 +187,11 @@ class _Scan:
             self.ca_certs[e.name] = cert
             self.ca_has_key[e.name] = has_key
             self._audit_ca(e, cert, cert_path)
+        elif e.kind is spec.Kind.KUBELET_SERVING and x509ops.not_after(cert) <= self.now:
+            self.find(WARNING, "expired", e.name, cert_path,
+                      f"the kubelet's self-signed serving cert expired on {x509ops.not_after(cert):%Y-%m-%d %H:%M} UTC",
+                      f"rm {self.fs.display(cert_path)} {self.fs.display(key_path)} and restart the kubelet "
+                      "(it makes a new one), or enable serverTLSBootstrap")
         elif e.kind is spec.Kind.LEAF:
             self._audit_leaf(e, cert, cert_path)
         if has_key:

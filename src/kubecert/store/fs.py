@@ -9,11 +9,13 @@ atomic: a temp file in the same directory, fsync, rename, fsync of the directory
 from __future__ import annotations
 
 import abc
+import contextlib
 import errno
+import fcntl
 import os
 import stat
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 from ..errors import StoreError
 
@@ -55,10 +57,18 @@ class NodeFS(abc.ABC):
     def symlink_atomic(self, path: str, target: str) -> None: ...
 
     @abc.abstractmethod
+    def rename(self, src: str, dst: str) -> None:
+        """Atomically replace ``dst`` by ``src`` (same directory), then sync the directory."""
+
+    @abc.abstractmethod
     def makedirs(self, path: str, mode: int = 0o755) -> None: ...
 
     @abc.abstractmethod
     def remove(self, path: str) -> None: ...
+
+    @abc.abstractmethod
+    def lock(self, path: str) -> contextlib.AbstractContextManager[None]:
+        """Hold an exclusive lock named by ``path``; refuse at once if another process holds it."""
 
     def display(self, path: str) -> str:
         """The path as the operator should read it in a message."""
@@ -189,6 +199,18 @@ class LocalFS(NodeFS):
             _unlink_quietly(tmp)
             raise StoreError(f"{self.display(path)}: symlink failed ({exc.strerror or exc})") from None
 
+    def lock(self, path: str) -> contextlib.AbstractContextManager[None]:
+        return _flock(self, path)
+
+    def rename(self, src: str, dst: str) -> None:
+        hsrc = self.host_path(src, follow_last=False)
+        hdst = self.host_path(dst, follow_last=False)
+        try:
+            os.replace(hsrc, hdst)
+            _fsync_dir(os.path.dirname(hdst))
+        except OSError as exc:
+            raise StoreError(f"{self.display(dst)}: rename failed ({exc.strerror or exc})") from None
+
     def remove(self, path: str) -> None:
         host = self.host_path(path, follow_last=False)
         try:
@@ -198,6 +220,29 @@ class LocalFS(NodeFS):
             pass
         except OSError as exc:
             raise StoreError(f"{self.display(path)}: cannot remove ({exc.strerror})") from None
+
+
+@contextlib.contextmanager
+def _flock(fs: LocalFS, path: str) -> Iterator[None]:
+    host = fs.host_path(path)
+    os.makedirs(os.path.dirname(host), mode=0o700, exist_ok=True)
+    fd = os.open(host, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise StoreError(f"another kubecert run (pid {holder}) holds the lock {fs.display(path)}; "
+                             "wait for it to finish") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(directory: str) -> None:
