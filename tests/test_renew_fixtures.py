@@ -14,12 +14,11 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from conftest import FIXTURES, assert_no_traceback, node_id, run_kubecert, secure_copy
 from kubecert import spec, x509ops
 from kubecert.kubeconfig import parse as parse_kubeconfig
 from kubecert.layout import Layout
 from kubecert.store import LocalFS
-
-from conftest import FIXTURES, assert_no_traceback, node_id, run_kubecert, secure_copy
 
 # renewal "now": a month after the fixtures were made, as a whole minute
 NOW = dt.datetime(2026, 12, 30, 10, 20, tzinfo=dt.timezone.utc)
@@ -89,7 +88,7 @@ def test_renewed_fixture_matches_kubeadm_facts(renewed: Dict[str, Tuple[Path, Pa
     assert before.keys() == after.keys()
     lay = Layout()
     renewed_names = []
-    for name, (old, path) in before.items():
+    for name, (old, _path) in before.items():
         new, _ = after[name]
         e = spec.entry(name)
         assert e.ca is not None
