@@ -189,6 +189,39 @@ def _new_cert(ctx: _Ctx, e: spec.Entry, old: x509.Certificate, old_key: Optional
     return new, key, key_new, item
 
 
+def _plan_kubelet_serving(ctx: _Ctx, e: spec.Entry, explicit: bool) -> PlanItem:
+    """The kubelet's self-signed serving cert: re-signed by its own new key, same subject and SANs
+    (what the kubelet itself does when the files are gone). The apiserver does not verify it by
+    default, so `renew all` only touches it near expiry."""
+    cpath, kpath = ctx.layout.cert(e), ctx.layout.key(e)
+    shown = ctx.fs.display(cpath)
+    old = x509ops.load_certs(ctx.fs.read(cpath), shown)[0]
+    left = x509ops.not_after(old) - ctx.now
+    if not explicit and left > KUBELET_RENEW_WITHIN:
+        return PlanItem(e.name, "skip", f"valid for {left.days} more days (name kubelet-server to force)",
+                        path=shown)
+    if ctx.key_mode == "reuse" and ctx.fs.exists(kpath):
+        key = x509ops.load_key(ctx.fs.read(kpath), ctx.fs.display(kpath))
+        if not x509ops.key_matches_cert(old, key):
+            raise PKIError(f"{ctx.fs.display(kpath)}: does not match {shown}; use --key new")
+        key_new = False
+    else:
+        key = x509ops.generate_key(ctx.key_type or x509ops.key_description(old.public_key()))  # type: ignore[arg-type]
+        key_new = True
+    new = x509ops.reissue(old, key.public_key(), None, key, (ctx.now - BACKDATE).replace(microsecond=0),
+                          (ctx.now + dt.timedelta(days=ctx.days)).replace(microsecond=0))
+    mode, uid, gid = _mode_of(ctx.fs, cpath, 0o644)
+    ctx.writes.append(Write(cpath, x509ops.cert_pem(new), mode, uid=uid, gid=gid))
+    if key_new:
+        _, uid, gid = _mode_of(ctx.fs, kpath, 0o600)
+        ctx.writes.append(Write(kpath, x509ops.key_pem(key), 0o600, uid=uid, gid=gid))
+    return PlanItem(e.name, "renew", "self-signed", path=shown, old_serial=old.serial_number,
+                    new_serial=new.serial_number, old_not_after=x509ops.not_after(old),
+                    new_not_after=x509ops.not_after(new), new_fingerprint=x509ops.fingerprint(new),
+                    key=f"{'new' if key_new else 'reused'} {x509ops.key_description(key)}",
+                    differences=_differences(old, new), components=e.components)
+
+
 def _skip_reason(ctx: _Ctx, e: spec.Entry) -> Optional[str]:
     assert e.ca is not None
     ca = ctx.cas.get(e.ca)
@@ -373,7 +406,7 @@ def plan(fs: NodeFS, names: Sequence[str], *, now: dt.datetime, days: int = 365,
     profile = profile or detect_profile(fs, facts)
     ctx = _Ctx(fs, facts, L.Layout(facts.pki_dir), now, days, key_mode, key_type)
     explicit = [n for n in names if n != "all"]
-    on_node = [n for n in profile.names if spec.entry(n).kind in (spec.Kind.LEAF, spec.Kind.KUBECONFIG)]
+    on_node = [n for n in profile.names if n in spec.RENEWABLE]
     for n in explicit:
         if n not in spec.RENEWABLE:
             raise KubecertError(f"{n}: not a renewable certificate (choose from {', '.join(spec.RENEWABLE)})")
@@ -396,6 +429,8 @@ def plan(fs: NodeFS, names: Sequence[str], *, now: dt.datetime, days: int = 365,
             item, kc_result = _plan_kubeconfig(ctx, e, explicit=name in explicit)
             if kc_result is not None:
                 renewed_kc[name] = kc_result
+        elif e.kind is spec.Kind.KUBELET_SERVING:
+            item = _plan_kubelet_serving(ctx, e, explicit=name in explicit)
         else:
             item = _plan_leaf(ctx, e)
         items.append(item)

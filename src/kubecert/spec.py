@@ -268,5 +268,5 @@ PROFILE_CHOICES: Tuple[str, ...] = (STACKED, EXTERNAL_ETCD, ETCD_HOST, f"{EXTERN
 
 # Names an operator can renew (generated for the CLI): certs with a signing CA and kubeconfigs.
 RENEWABLE: Tuple[str, ...] = tuple(
-    e.name for e in ENTRIES if e.kind in (Kind.LEAF, Kind.KUBECONFIG)
+    e.name for e in ENTRIES if e.kind in (Kind.LEAF, Kind.KUBECONFIG, Kind.KUBELET_SERVING)
 )

@@ -303,19 +303,23 @@ def make_leaf(template: Template, public_key: PublicKey, ca_cert: x509.Certifica
     return b.sign(ca_key, _hash_for(ca_key))
 
 
-def reissue(old: x509.Certificate, public_key: PublicKey, ca_cert: x509.Certificate, ca_key: PrivateKey,
+def reissue(old: x509.Certificate, public_key: PublicKey, ca_cert: Optional[x509.Certificate], ca_key: PrivateKey,
             not_before: dt.datetime, not_after: dt.datetime,
             serial: Optional[int] = None) -> x509.Certificate:
     """A new certificate copied from ``old``: the same subject (every attribute, in order) and
     every extension in the same order and criticality, except AKI (the CA's SKI now) and SKI
-    (the new key's, only where the old one had an SKI). New serial, key and validity."""
-    b = (x509.CertificateBuilder().subject_name(old.subject).issuer_name(ca_cert.subject)
+    (the new key's, only where the old one had an SKI). New serial, key and validity.
+    ``ca_cert=None`` makes it self-signed by ``ca_key`` (the kubelet's serving cert)."""
+    issuer = old.subject if ca_cert is None else ca_cert.subject
+    aki = (x509.AuthorityKeyIdentifier.from_issuer_public_key(public_key) if ca_cert is None
+           else x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(_ski_of(ca_cert)))
+    b = (x509.CertificateBuilder().subject_name(old.subject).issuer_name(issuer)
          .public_key(public_key).serial_number(serial or random_serial())
          .not_valid_before(not_before).not_valid_after(not_after))
     for ext in old.extensions:
         value: x509.ExtensionType = ext.value
         if isinstance(value, x509.AuthorityKeyIdentifier):
-            value = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(_ski_of(ca_cert))
+            value = aki
         elif isinstance(value, x509.SubjectKeyIdentifier):
             value = x509.SubjectKeyIdentifier.from_public_key(public_key)
         elif isinstance(value, x509.UnrecognizedExtension):
