@@ -359,7 +359,7 @@ def _plan_user_kubeconfigs(ctx: _Ctx, renewed: Dict[str, _Renewed]) -> List[Plan
             path = f"{d}/{name}"
             try:
                 info = ctx.fs.info(path)
-                if info.size > 1 << 20 or not ctx.fs.exists(path) or ctx.fs.listdir(path):
+                if info.size > 1 << 20 or info.is_dir:
                     continue
                 raw = ctx.fs.read(path)
                 doc = yaml.safe_load(raw)

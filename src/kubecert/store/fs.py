@@ -27,6 +27,7 @@ class FileInfo:
     gid: int
     size: int
     is_link: bool = False
+    is_dir: bool = False
 
 
 class NodeFS(abc.ABC):
@@ -141,7 +142,7 @@ class LocalFS(NodeFS):
         except OSError as exc:
             raise StoreError(f"{self.display(path)}: cannot stat ({exc.strerror})") from None
         return FileInfo(stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_size,
-                        stat.S_ISLNK(st.st_mode))
+                        stat.S_ISLNK(st.st_mode), stat.S_ISDIR(st.st_mode))
 
     def listdir(self, path: str) -> List[str]:
         try:
