@@ -1,0 +1,238 @@
+"""Renewed certificates are accepted by real components on 127.0.0.1: etcd, kubectl, openssl.
+
+Each test builds a one-node lab, runs the real thing on its certificates, renews offline with
+``kubecert renew all --root NODE --yes`` and runs the real thing again. Nothing is mocked: etcd and
+etcdctl are Debian's binaries, the kube-apiserver stand-in is an HTTPS server requiring client
+certs (tests/realworld.py), kubectl and openssl are the real ones. Everything runs on the real
+clock, because the components do. A missing tool fails the test with the command that installs it.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import ssl
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
+
+from realworld import (
+    HOST,
+    Etcd,
+    TLSServer,
+    cert_serial,
+    etcd_self_health,
+    free_ports,
+    kubeconfig_client_pem,
+    kubeconfig_for,
+    kubectl,
+    kubectl_get_raw,
+    lab_create,
+    load_cert,
+    openssl_verify,
+    pki_dir,
+    probe_client_cert,
+    renew_all,
+    require_tool,
+    served_cert,
+    served_cert_serial,
+    start_etcd,
+    start_tls_server,
+    write_bytes,
+)
+
+EXPIRED = "certificate has expired"
+
+
+@pytest.fixture
+def running() -> Iterator[contextlib.ExitStack]:
+    """Servers a test starts are pushed here and stopped at teardown, whatever happened."""
+    with contextlib.ExitStack() as stack:
+        yield stack
+
+
+def _etcd(running: contextlib.ExitStack, etcd: Etcd) -> Etcd:
+    running.callback(etcd.stop)
+    return etcd
+
+
+def _server(running: contextlib.ExitStack, server: TLSServer) -> TLSServer:
+    running.callback(server.stop)
+    return server
+
+
+def _public_der(path: Path) -> bytes:
+    return load_cert(path).public_key().public_bytes(serialization.Encoding.DER,
+                                                     serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _ok(r: object) -> str:
+    out = f"{getattr(r, 'stdout', '')}{getattr(r, 'stderr', '')}"
+    return out.strip()
+
+
+# --------------------------------------------------------------------------------------------- etcd
+
+
+def test_etcd_serves_renewed_certs_after_restart(tmp_path: Path, running: contextlib.ExitStack) -> None:
+    """Issue acceptance 2: a stacked etcd keeps working through an offline renewal and a restart."""
+    require_tool("etcd")
+    require_tool("etcdctl")
+    node = lab_create(tmp_path / "lab", "--expires-in", "10m", "--key-type", "rsa")
+    pki = pki_dir(node) / "etcd"
+    data = tmp_path / "etcd-data"
+    client_port, peer_port = free_ports(2)
+
+    etcd = _etcd(running, start_etcd(node, data, client_port, peer_port))
+    r = etcd.health()
+    assert r.returncode == 0 and "is healthy" in _ok(r), _ok(r)
+    old_serial, old_key = cert_serial(pki / "server.crt"), _public_der(pki / "server.crt")
+    old_not_after = load_cert(pki / "server.crt").not_valid_after_utc
+    assert etcd.served_serial() == old_serial
+    r = etcd.ctl("put", "kubecert/before-renewal", "v1", client="apiserver-etcd-client")
+    assert r.returncode == 0 and "OK" in r.stdout, _ok(r)
+
+    renew_all(node)
+    new_serial = cert_serial(pki / "server.crt")
+    assert new_serial != old_serial, "pki/etcd/server.crt was not renewed"
+    assert _public_der(pki / "server.crt") != old_key, "renew all made no new key for etcd/server (default --key new)"
+    assert load_cert(pki / "server.crt").not_valid_after_utc > old_not_after
+    # renewing in place does not take down the running etcd (the renewed client cert is accepted)
+    r = etcd.health()
+    assert r.returncode == 0, f"etcd unhealthy right after renewal, before restart: {_ok(r)}"
+
+    etcd.stop()
+    etcd = _etcd(running, start_etcd(node, data, client_port, peer_port))  # same member, same data dir
+    r = etcd.health()  # pki/etcd/healthcheck-client.*, renewed
+    assert r.returncode == 0 and "is healthy" in _ok(r), _ok(r)
+    served = etcd.served_serial()  # verified against etcd/ca.crt and 127.0.0.1
+    assert served == new_serial, f"etcd serves serial {served:x}, pki/etcd/server.crt has {new_serial:x}"
+    assert served != old_serial
+    # what kube-apiserver does with pki/apiserver-etcd-client.*, renewed
+    r = etcd.ctl("put", "kubecert/after-renewal", "v2", client="apiserver-etcd-client")
+    assert r.returncode == 0 and "OK" in r.stdout, _ok(r)
+    r = etcd.ctl("get", "--prefix", "kubecert/", client="apiserver-etcd-client")
+    assert r.returncode == 0, _ok(r)
+    assert r.stdout.split() == ["kubecert/after-renewal", "v2", "kubecert/before-renewal", "v1"], r.stdout
+
+
+def test_expired_etcd_refuses_clients_until_renewed_offline(tmp_path: Path, running: contextlib.ExitStack) -> None:
+    """An expired cluster: etcd itself runs, but no TLS client gets in; renewed offline, it does."""
+    require_tool("etcd")
+    require_tool("etcdctl")
+    node = lab_create(tmp_path / "lab", "--expired", "--key-type", "ecdsa")
+    pki = pki_dir(node) / "etcd"
+    data = tmp_path / "etcd-data"
+    client_port, peer_port, metrics_port = free_ports(3)
+    old_serial = cert_serial(pki / "server.crt")
+
+    etcd = _etcd(running, start_etcd(node, data, client_port, peer_port, metrics_port=metrics_port,
+                                     wait_healthy=False))
+    # etcd is up and has quorum (its own /health, plain HTTP, no certificates involved) ...
+    assert '"health":"true"' in etcd_self_health(metrics_port).replace(" ", "")
+    # ... but etcdctl with the node's (expired) healthcheck client cert cannot reach it
+    r = etcd.health(command_timeout=2)
+    assert r.returncode != 0, f"etcdctl endpoint health succeeded with expired certs: {_ok(r)}"
+    # a client rejects the expired server cert ...
+    with pytest.raises(ssl.SSLCertVerificationError, match=EXPIRED):
+        etcd.served_serial()
+    assert served_cert(HOST, client_port, pki / "ca.crt", pki / "healthcheck-client.crt",
+                       pki / "healthcheck-client.key", verify=False).serial_number == old_serial
+    # ... and etcd rejects the expired client cert
+    probe = probe_client_cert(HOST, client_port, pki / "healthcheck-client.crt", pki / "healthcheck-client.key")
+    assert probe.refused, "etcd answered a client presenting an expired certificate"
+    line = etcd.wait_for_log(f'"remote-addr":"{HOST}:{probe.local_port}"')
+    assert line and f"failed to verify client certificate: x509: {EXPIRED}" in line, (line, etcd.log_tail())
+    assert etcd.proc.poll() is None, "etcd exited: the failures above must come from TLS, not a dead server"
+    etcd.stop()
+
+    renew_all(node)  # offline: nothing is running
+    etcd = _etcd(running, start_etcd(node, data, client_port, peer_port, metrics_port=metrics_port))
+    r = etcd.health()
+    assert r.returncode == 0 and "is healthy" in _ok(r), _ok(r)
+    assert etcd.served_serial() == cert_serial(pki / "server.crt") != old_serial
+    probe = probe_client_cert(HOST, client_port, pki / "healthcheck-client.crt", pki / "healthcheck-client.key")
+    assert probe.refused is None, probe.refused
+    r = etcd.ctl("put", "kubecert/renewed", "yes", client="apiserver-etcd-client")
+    assert r.returncode == 0 and "OK" in r.stdout, _ok(r)
+
+
+# --------------------------------------------------------------------------------------------- kube-apiserver
+
+
+@pytest.mark.parametrize("key_type", ["rsa", "ecdsa"])
+def test_kubectl_reaches_apiserver_only_after_renewal(tmp_path: Path, running: contextlib.ExitStack,
+                                                      key_type: str) -> None:
+    """Issue acceptance 3: an expired cluster's admin.conf works again once renewed, the old one does not."""
+    require_tool("kubectl")
+    node = lab_create(tmp_path / "lab", "--expired", "--key-type", key_type)
+    pki = pki_dir(node)
+    admin = node / "etc/kubernetes/admin.conf"
+    (port,) = free_ports(1)
+    old_serial = cert_serial(pki / "apiserver.crt")
+
+    server = _server(running, start_tls_server(pki / "apiserver.crt", pki / "apiserver.key", pki / "ca.crt", port))
+    old_conf = kubeconfig_for(admin, tmp_path / "old-admin.conf", server.url)
+    r = kubectl_get_raw(old_conf)
+    assert r.returncode != 0, f"kubectl reached a server with an expired cert: {_ok(r)}"
+    assert EXPIRED in r.stderr, r.stderr  # kubectl's own verdict on the served cert
+    assert not server.requests
+    server.stop()
+
+    renew_all(node)
+    new_serial = cert_serial(pki / "apiserver.crt")
+    assert new_serial != old_serial, "pki/apiserver.crt was not renewed"
+    server = _server(running, start_tls_server(pki / "apiserver.crt", pki / "apiserver.key", pki / "ca.crt", port))
+    assert served_cert_serial(HOST, port, pki / "ca.crt", pki / "apiserver-kubelet-client.crt",
+                              pki / "apiserver-kubelet-client.key") == new_serial
+
+    new_conf = kubeconfig_for(admin, tmp_path / "new-admin.conf", server.url)
+    r = kubectl_get_raw(new_conf)
+    assert r.returncode == 0, _ok(r)
+    assert r.stdout.strip() == "ok"
+    admin_cn = load_cert(_pem_file(tmp_path / "admin.crt", kubeconfig_client_pem(admin)[0])) \
+        .subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    assert (admin_cn, "/readyz") in [(cn, path.split("?")[0]) for cn, path in server.requests]
+
+    # the copy taken before renewal now verifies the server (same CA) but its own cert is refused
+    r = kubectl_get_raw(old_conf)
+    assert r.returncode != 0, f"the expired admin.conf was accepted: {_ok(r)}"
+    assert "tls" in r.stderr.lower(), r.stderr
+    assert any(EXPIRED in e for e in server.handshake_errors), server.handshake_errors
+
+
+def _pem_file(path: Path, pem: bytes) -> Path:
+    return write_bytes(path, pem, 0o644)
+
+
+@pytest.mark.parametrize("conf", ["admin.conf", "controller-manager.conf", "scheduler.conf"])
+def test_renewed_kubeconfig_parses_and_verifies(tmp_path: Path, conf: str) -> None:
+    """kubectl reads the renewed kubeconfig; openssl accepts its client cert, refused before renewal."""
+    require_tool("kubectl")
+    require_tool("openssl")
+    node = lab_create(tmp_path / "lab", "--expired")
+    pki = pki_dir(node)
+    path = node / "etc/kubernetes" / conf
+    old_cert = _pem_file(tmp_path / "old.crt", kubeconfig_client_pem(path)[0])
+    r = openssl_verify(pki / "ca.crt", old_cert)
+    assert r.returncode != 0 and "expired" in _ok(r), _ok(r)
+
+    renew_all(node)
+    r = kubectl("config", "view", "--kubeconfig", str(path), "--raw", "-o", "json")
+    assert r.returncode == 0, _ok(r)
+    doc = json.loads(r.stdout)
+    user = doc["users"][0]["user"]
+    cluster = doc["clusters"][0]["cluster"]
+    assert base64.b64decode(cluster["certificate-authority-data"]) == (pki / "ca.crt").read_bytes()
+    cert = _pem_file(tmp_path / "new.crt", base64.b64decode(user["client-certificate-data"]))
+    r = openssl_verify(pki / "ca.crt", cert)
+    assert r.returncode == 0 and r.stdout.strip().endswith(": OK"), _ok(r)
+    assert cert_serial(cert) != cert_serial(old_cert)
+    key = serialization.load_pem_private_key(base64.b64decode(user["client-key-data"]), password=None)
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    assert key.public_key().public_bytes(*spki) == load_cert(cert).public_key().public_bytes(*spki), \
+        f"{conf}: client-key-data does not match client-certificate-data"
