@@ -1,0 +1,127 @@
+"""Shared test helpers: where the kubeadm v1.28.4 fixtures live, and writable copies of them.
+
+The fixtures (``/work/shared/fixtures/kubeadm-v1.28.4``, a sibling of the checkout) are real trees
+written by kubeadm and are read-only: tests that change a tree work on a copy in ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import pytest
+
+FIXTURES = Path(
+    os.environ.get("KUBECERT_FIXTURES")
+    or Path(__file__).resolve().parents[1].parent / "shared/fixtures/kubeadm-v1.28.4"
+)
+
+# kubeadm-ran-at.txt is truncated to the second and kubeadm ran somewhere inside that second.
+# Half a second later is inside the same second too, and keeps away from the exact second where
+# residual times flip (a leaf issued in that second has exactly 365d left at .0: "1y", not "364d").
+RAN_AT_OFFSET = dt.timedelta(milliseconds=500)
+
+
+def fixture_nodes() -> List[Path]:
+    """Every fixture node: each directory holding a check-expiration.txt (renewed copies too)."""
+    if not FIXTURES.is_dir():
+        return []
+    return sorted(p.parent for p in FIXTURES.glob("*/*/check-expiration.txt"))
+
+
+def node_id(node: Path) -> str:
+    return f"{node.parent.name}/{node.name}"
+
+
+def node(rel: str) -> Path:
+    """A fixture node by ``scenario/node``."""
+    path = FIXTURES / rel
+    if not (path / "check-expiration.txt").is_file():
+        pytest.skip(f"fixture {path} not found (set KUBECERT_FIXTURES)")
+    return path
+
+
+def is_etcd_host(node: Path) -> bool:
+    """etcd hosts of the external-etcd scenario (no control plane, no kubeconfigs)."""
+    return node.name.startswith("etcd-")
+
+
+def ran_at(node: Path) -> dt.datetime:
+    text = (node / "kubeadm-ran-at.txt").read_text().strip()
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def rfc3339(when: dt.datetime) -> str:
+    return when.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def check_now(node: Path) -> str:
+    """``--now`` for comparing with kubeadm's own check-expiration.txt of ``node``."""
+    return rfc3339(ran_at(node) + RAN_AT_OFFSET)
+
+
+def secure_copy(src_node: Path, dest: Path) -> Path:
+    """Copy ``src_node/etc`` to ``dest/etc`` with the modes kubeadm writes.
+
+    git keeps neither 0600 nor the fixtures' read-only bits: make the copy writable for the test
+    (dirs 0755, files 0644) and private keys, kubeconfigs and sa.pub 0600, as kubeadm leaves them.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(src_node / "etc", dest / "etc")
+    for dirpath, dirnames, filenames in os.walk(dest):
+        for d in dirnames:
+            os.chmod(os.path.join(dirpath, d), 0o755)
+        for f in filenames:
+            path = os.path.join(dirpath, f)
+            if os.path.islink(path):
+                continue
+            os.chmod(path, 0o600 if f.endswith((".key", ".conf")) or f == "sa.pub" else 0o644)
+    return dest
+
+
+@pytest.fixture
+def node_copy(tmp_path: Path) -> Callable[..., Path]:
+    """Factory: ``node_copy("single-stacked/master-1")`` -> a private, mutable root in tmp_path."""
+    counter = [0]
+
+    def make(rel: str, name: Optional[str] = None) -> Path:
+        counter[0] += 1
+        dest = tmp_path / (name or f"{rel.replace('/', '_')}-{counter[0]}")
+        return secure_copy(node(rel), dest)
+
+    return make
+
+
+def run_kubecert(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``python -m kubecert ARGS`` as a fresh process, exactly as an operator runs it."""
+    return subprocess.run([sys.executable, "-m", "kubecert", *args], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def tree_digest(root: Path) -> Dict[str, str]:
+    """Path -> (type, mode, content hash) for every entry under ``root``; symlinks are not followed."""
+    out: Dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in sorted(dirnames + filenames):
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, root)
+            st = os.lstat(path)
+            if os.path.islink(path):
+                out[rel] = f"link {os.readlink(path)}"
+            elif os.path.isdir(path):
+                out[rel] = f"dir {st.st_mode:o}"
+            else:
+                with open(path, "rb") as fh:
+                    out[rel] = f"file {st.st_mode:o} {hashlib.sha256(fh.read()).hexdigest()}"
+    return out
+
+
+def assert_no_traceback(*streams: str) -> None:
+    for s in streams:
+        assert "Traceback (most recent call last)" not in s, s
