@@ -322,10 +322,6 @@ def test_symlink_out_of_root_is_never_read(target: str, node_copy: Callable[...,
     assert item["expirationDate"] is None and item["sha256Fingerprint"] is None
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "store/fs.py LocalFS.exists() swallows the StoreError 'path escapes the root' and returns False, "
-    "so inventory reports an escaping symlink as a plain 'missing' file (fix: 'restore ... from a "
-    "backup') instead of an 'unreadable' finding or a one-line error"))
 @pytest.mark.parametrize("target", ESCAPES)
 def test_symlink_out_of_root_is_reported_as_such(target: str, node_copy: Callable[..., Path],
                                                  tmp_path: Path) -> None:

@@ -13,7 +13,6 @@ import functools
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
@@ -337,10 +336,6 @@ def test_exit_code(fixture_node: Path, now: Any, code: int, marker: str, secure_
         assert all(i["residualTime"] < 0 for i in as_json["certificates"])
 
 
-@pytest.mark.xfail(sys.version_info < (3, 11), strict=True, reason=(
-    "cli.parse_now uses datetime.fromisoformat, which before Python 3.11 accepts only 3 or 6 fraction "
-    "digits: --now 2026-11-30T03:53:02.5Z is refused as 'not an RFC 3339 time' on 3.9/3.10 "
-    "(pyproject: requires-python >=3.9)"))
 @pytest.mark.parametrize(("text", "want"), [
     ("2026-11-30T03:53:02Z", dt.datetime(2026, 11, 30, 3, 53, 2, tzinfo=dt.timezone.utc)),
     ("2026-11-30T03:53:02.5Z", dt.datetime(2026, 11, 30, 3, 53, 2, 500000, tzinfo=dt.timezone.utc)),

@@ -34,8 +34,11 @@ def parse_duration(text: str) -> dt.timedelta:
 def parse_now(text: Optional[str]) -> dt.datetime:
     if not text:
         return dt.datetime.now(dt.timezone.utc)
+    clean = text.strip().replace("Z", "+00:00").replace("z", "+00:00").replace("t", "T")
+    # Python < 3.11 takes only 3 or 6 fraction digits: pad or cut to 6
+    clean = re.sub(r"\.(\d+)", lambda m: "." + (m.group(1) + "000000")[:6], clean, count=1)
     try:
-        when = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+        when = dt.datetime.fromisoformat(clean)
     except ValueError:
         raise click.BadParameter(f"{text!r} is not an RFC 3339 time like 2027-01-01T00:00:00Z") from None
     if when.tzinfo is None:
@@ -254,6 +257,12 @@ def renew(names: tuple[str, ...], root: str, days: int, key_mode: str, key_type:
     kwargs = dict(days=days, key_mode=key_mode, key_type=key_type, profile=profile,
                   update_user_kubeconfigs=update_user_kubeconfigs)
     if dry_run:
+        from .store.txn import JOURNAL
+
+        if fs.exists(JOURNAL):
+            click.echo(f"warning: an interrupted change is pending ({fs.display(JOURNAL)}); the files may be "
+                       "half-renewed. `kubecert recover` (or the next renew) rolls it back; this plan reads "
+                       "the tree as it is now.", err=True)
         p = R.plan(fs, selected, now=now, **kwargs)  # type: ignore[arg-type]
         _print_plan(p, console)
         console.print(f"dry run: {len(p.renewed)} to renew, {len(p.writes)} file(s) would be written; "

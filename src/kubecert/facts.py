@@ -82,10 +82,13 @@ def _load_yaml_docs(fs: NodeFS, path: str, problems: List[str]) -> List[Dict[str
         problems.append(str(exc))
         return []
     try:
-        return [d for d in yaml.load_all(data, Loader=_Loader) if isinstance(d, dict)]
+        docs = list(yaml.load_all(data, Loader=_Loader))
     except yaml.YAMLError:
         problems.append(f"{fs.display(path)}: not valid YAML")
         return []
+    if any(d is not None and not isinstance(d, dict) for d in docs):
+        problems.append(f"{fs.display(path)}: a document is not a mapping; it was ignored")
+    return [d for d in docs if isinstance(d, dict)]
 
 
 def gather(fs: NodeFS) -> NodeFacts:

@@ -136,7 +136,10 @@ class _Scan:
         self.loose_modes: List[Tuple[str, str, int, str]] = []
 
     def find(self, severity: str, code: str, name: str, path: str, message: str, fix: str) -> None:
-        self.findings.append(Finding(severity, code, name, self.fs.display(path), message, fix))
+        shown = self.fs.display(path)
+        if message.startswith(shown + ": "):  # errors name their file; the finding already does
+            message = message[len(shown) + 2:]
+        self.findings.append(Finding(severity, code, name, shown, message, fix))
 
     # -- reading helpers -----------------------------------------------------------------------
     def _read(self, path: str) -> bytes:

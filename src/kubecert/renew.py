@@ -25,7 +25,7 @@ from .facts import NodeFacts, detect_profile, gather
 from .kubeconfig import Kubeconfig
 from .kubeconfig import parse as parse_kubeconfig
 from .store import NodeFS
-from .store.txn import LOCK, Backup, Fault, Transaction, Write, audit, recover
+from .store.txn import LOCK, Backup, Fault, Transaction, Write, recover
 
 try:
     _Loader: Any = yaml.CSafeLoader
@@ -441,13 +441,12 @@ def plan(fs: NodeFS, names: Sequence[str], *, now: dt.datetime, days: int = 365,
 
 def apply(fs: NodeFS, p: Plan, *, fault: Optional[Fault] = None) -> Backup:
     """Put a plan's files in place (all or nothing) and append to the audit log. Hold the lock."""
-    backup = Transaction(fs, now=p.now, action="renew", fault=fault).apply(p.writes)
-    audit(fs, [{"action": "renew", "name": i.name, "file": i.path, "backup": backup.id,
+    records = [{"action": "renew", "name": i.name, "file": i.path,
                 "oldSerial": _hex(i.old_serial), "newSerial": _hex(i.new_serial),
                 "sha256Fingerprint": i.new_fingerprint,
                 "oldNotAfter": _iso(i.old_not_after), "newNotAfter": _iso(i.new_not_after), "key": i.key}
-               for i in p.renewed], p.now)
-    return backup
+               for i in p.renewed]
+    return Transaction(fs, now=p.now, action="renew", fault=fault).apply(p.writes, records)
 
 
 def renew(fs: NodeFS, names: Sequence[str], *, now: dt.datetime, fault: Optional[Fault] = None,
@@ -484,7 +483,6 @@ def rollback(fs: NodeFS, backup_id: Optional[str], *, now: dt.datetime,
         else:
             target = load_backup(fs, backup_id)
         writes = restore_writes(fs, target)
-        backup = Transaction(fs, now=now, action="rollback", fault=fault).apply(writes)
-        audit(fs, [{"action": "rollback", "restored": target.id, "backup": backup.id,
-                    "files": [e.path for e in target.entries]}], now)
+        backup = Transaction(fs, now=now, action="rollback", fault=fault).apply(
+            writes, [{"action": "rollback", "restored": target.id, "files": [e.path for e in target.entries]}])
     return target, backup, recovered

@@ -128,10 +128,8 @@ class LocalFS(NodeFS):
             raise StoreError(f"{self.display(path)}: cannot read ({exc.strerror})") from None
 
     def exists(self, path: str) -> bool:
-        try:
-            return os.path.exists(self.host_path(path))
-        except StoreError:
-            return False
+        # a path escaping the root raises: refusing beats calling a file "missing"
+        return os.path.exists(self.host_path(path))
 
     def info(self, path: str, follow: bool = True) -> FileInfo:
         host = self.host_path(path, follow_last=follow)

@@ -7,10 +7,12 @@ A transaction over a node file system goes through these states, each recorded i
                (path, sha256, mode, owner, symlink target, whether it existed); the new contents are
                staged as temp files beside their targets. No target has changed yet.
 ``applying``   each temp file is renamed over its target (atomic per file).
+``committed``  the tree is all-new; the audit records (kept in the journal) are appended.
 (removed)      done.
 
 :func:`recover` finishes an interrupted transaction on the next run: ``preparing`` -> drop the
-temps (the tree is all-old already); ``applying`` -> restore every target from the backup (all-old).
+temps (the tree is all-old already); ``applying`` -> restore every target from the backup (all-old);
+``committed`` -> append the audit records if they are not there yet (all-new).
 A failure part-way through (read-only file system, permission denied) rolls back the same way
 before the error is reported. ``fault`` is a test seam called at every step.
 """
@@ -202,7 +204,8 @@ class Transaction:
             n += 1
         return f"{base}-{n}"
 
-    def apply(self, writes: Sequence[Write]) -> Backup:
+    def apply(self, writes: Sequence[Write], records: Sequence[Dict[str, Any]] = ()) -> Backup:
+        """Put ``writes`` in place; ``records`` go to the audit log (with the backup id) once they are."""
         fs = self.fs
         paths = [w.path for w in writes]
         if len(set(paths)) != len(paths):
@@ -212,7 +215,7 @@ class Transaction:
         backup_id = self._new_id()
         bdir = f"{BACKUPS_DIR}/{backup_id}"
         journal: Dict[str, Any] = {"id": backup_id, "action": self.action, "state": "preparing",
-                                   "paths": paths}
+                                   "paths": paths, "records": [{**r, "backup": backup_id} for r in records]}
         _write_journal(fs, journal)
         self._step("journal preparing")
         # 1. backup
@@ -264,6 +267,12 @@ class Transaction:
             self._drop_staged(paths)
             fs.remove(JOURNAL)
             raise StoreError(f"{exc}; rolled back: every file is as it was before") from None
+        # 4. committed: the tree is all-new; from here recovery finishes (audit) instead of undoing
+        journal["state"] = "committed"
+        _write_journal(fs, journal)
+        self._step("journal committed")
+        _audit_once(fs, journal, self.now)
+        self._step("audit log")
         fs.remove(JOURNAL)
         self._step("journal removed")
         return backup
@@ -293,6 +302,17 @@ def _restore(fs: NodeFS, backup: Backup) -> None:
             fs.write_atomic(w.path, w.data, w.mode, w.uid, w.gid)
 
 
+def _audit_once(fs: NodeFS, journal: Dict[str, Any], now: dt.datetime) -> None:
+    """Append the journal's audit records unless a crash after appending already did."""
+    records = journal.get("records") or []
+    if not records:
+        return
+    marker = json.dumps({"backup": journal.get("id")})[1:-1]  # '"backup": "<id>"'
+    if fs.exists(AUDIT_LOG) and marker.encode() in fs.read(AUDIT_LOG):
+        return
+    audit(fs, records, now)
+
+
 def recover(fs: NodeFS, now: dt.datetime) -> Optional[str]:
     """Finish an interrupted transaction (call with the lock held). Returns what was done."""
     journal = _read_journal(fs)
@@ -301,6 +321,10 @@ def recover(fs: NodeFS, now: dt.datetime) -> Optional[str]:
     paths = [str(p) for p in journal.get("paths", [])]
     state = journal.get("state")
     jid = journal.get("id", "?")
+    if state == "committed":
+        _audit_once(fs, journal, now)
+        fs.remove(JOURNAL)
+        return f"an interrupted {journal.get('action', 'change')} ({jid}) had completed; its audit record was finished"
     if state == "applying":
         backup = load_backup(fs, str(journal.get("backup", jid)))
         _restore(fs, backup)
