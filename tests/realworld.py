@@ -31,6 +31,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import pytest
 import yaml
 from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -232,9 +233,10 @@ class Etcd:
                command_timeout: float = 4.0) -> subprocess.CompletedProcess[str]:
         return self.ctl("endpoint", "health", client=client, command_timeout=command_timeout)
 
-    def served_serial(self) -> int:
-        """Serial of the server cert etcd presents on its client port (verified against etcd/ca.crt)."""
-        return served_cert_serial(HOST, self.client_port, self.pki / "ca.crt",
+    def served_serial(self, peer: bool = False) -> int:
+        """Serial of the cert etcd presents on its client port (or, with ``peer``, its peer port),
+        verified against etcd/ca.crt and 127.0.0.1; the healthcheck client cert is presented."""
+        return served_cert_serial(HOST, self.peer_port if peer else self.client_port, self.pki / "ca.crt",
                                   self.pki / "healthcheck-client.crt", self.pki / "healthcheck-client.key")
 
     def log_tail(self, lines: int = 25) -> str:
@@ -385,13 +387,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        peer = self.connection.getpeercert() if isinstance(self.connection, ssl.SSLSocket) else None
-        cn = ""
-        for rdn in (peer or {}).get("subject", ()):
-            for k, v in rdn:
-                if k == "commonName":
-                    cn = v
-        self.server.requests.append((cn, self.path))
+        der = self.connection.getpeercert(binary_form=True) if isinstance(self.connection, ssl.SSLSocket) else None
+        cns = x509.load_der_x509_certificate(der).subject.get_attributes_for_oid(NameOID.COMMON_NAME) if der else []
+        self.server.requests.append((str(cns[0].value) if cns else "", self.path))
         path = self.path.split("?")[0]
         if path == "/version":  # kubectl's version dispatcher asks first
             status, ctype, body = 200, "application/json", json.dumps(APISERVER_VERSION).encode()
@@ -430,7 +428,7 @@ class _TLSHTTPServer(http.server.ThreadingHTTPServer):
             self.handshake_errors.append(str(exc))
             return
         try:
-            self.RequestHandlerClass(tls, client_address, self)
+            _Handler(tls, client_address, self)
         except OSError:
             pass
         finally:
