@@ -507,11 +507,6 @@ def test_backup_manifest_and_rollback_restore_the_tree_exactly(kubecert: Kubecer
 
 
 @pytest.mark.parametrize("failure", ["failed-write", "crash-recover"])
-@pytest.mark.xfail(strict=True, reason="BUG: a renewal that was rolled back (write failure, or crash + recover) "
-                   "leaves its backup listed as a `renew`; plain `kubecert rollback` then picks it as the "
-                   "latest, 'restores' the current state and reports success while the last real renewal "
-                   "stays in place (renew.rollback picks list_backups()[-1]; txn.Transaction.apply and "
-                   "txn.recover never drop or mark the backup of an undone transaction)")
 def test_rollback_default_skips_renewals_that_never_happened(kubecert: Kubecert, tmp_path: Path, labs: Labs,
                                                             failure: str) -> None:
     root = copy_tree(labs.expiring, tmp_path / "node")
@@ -789,10 +784,6 @@ def test_update_user_kubeconfigs(kubecert: Kubecert, tmp_path: Path, labs: Labs)
     assert {"/root/.kube/config", "/home/alice/.kube/config"} <= paths
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a user kubeconfig that is a symlink to admin.conf (ln -s "
-                   "/etc/kubernetes/admin.conf ~/.kube/config) is replaced by a regular-file copy: "
-                   "_plan_user_kubeconfigs reads through the link and plans Write(<link path>, ...), and the "
-                   "transaction renames the staged file over the symlink")
 def test_update_user_kubeconfigs_keeps_a_symlink_to_admin_conf(kubecert: Kubecert, tmp_path: Path,
                                                               labs: Labs) -> None:
     root = copy_tree(labs.expiring, tmp_path / "node")

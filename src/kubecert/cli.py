@@ -307,9 +307,10 @@ def backups_list(root: str) -> None:
     if not found:
         click.echo("no backups")
         return
-    click.echo(f"{'ID':<22} {'CREATED':<21} {'ACTION':<9} FILES")
+    click.echo(f"{'ID':<22} {'CREATED':<21} {'ACTION':<9} {'FILES':>5}  NOTE")
     for b in found:
-        click.echo(f"{b.id:<22} {b.created:<21} {b.action:<9} {len(b.entries)}")
+        note = "undone (its change never took effect)" if b.undone else ""
+        click.echo(f"{b.id:<22} {b.created:<21} {b.action:<9} {len(b.entries):>5}  {note}")
 
 
 @cli.command()

@@ -357,6 +357,8 @@ def _plan_user_kubeconfigs(ctx: _Ctx, renewed: Dict[str, _Renewed]) -> List[Plan
     for d in dirs:
         for name in ctx.fs.listdir(d):
             path = f"{d}/{name}"
+            if ctx.fs.readlink(path) is not None:
+                continue  # a link (often to admin.conf itself): writing would turn it into a copy
             try:
                 info = ctx.fs.info(path)
                 if info.size > 1 << 20 or info.is_dir:
@@ -385,8 +387,8 @@ def _plan_user_kubeconfigs(ctx: _Ctx, renewed: Dict[str, _Renewed]) -> List[Plan
                                               new_not_after=x509ops.not_after(new), key=f"as {src_name}",
                                               new_fingerprint=x509ops.fingerprint(new)))
                         break
-            if data != raw:
-                ctx.writes.append(Write(path, data, info.mode, uid=info.uid, gid=info.gid))
+            if data != raw:  # it now holds a new private key: owner-only, as kubeadm's own files
+                ctx.writes.append(Write(path, data, info.mode & 0o700 or 0o600, uid=info.uid, gid=info.gid))
     return items
 
 
@@ -476,7 +478,8 @@ def rollback(fs: NodeFS, backup_id: Optional[str], *, now: dt.datetime,
     with fs.lock(LOCK):
         recovered = recover(fs, now)
         if backup_id is None:
-            backups = [b for b in list_backups(fs) if b.action != "rollback"] or list_backups(fs)
+            live = [b for b in list_backups(fs) if not b.undone]
+            backups = [b for b in live if b.action != "rollback"] or live
             if not backups:
                 raise KubecertError(f"{fs.display(L.STATE_DIR)}: no backups to roll back to")
             target = backups[-1]

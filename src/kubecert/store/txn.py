@@ -72,6 +72,7 @@ class Backup:
     created: str
     action: str
     entries: Tuple[BackupEntry, ...]
+    undone: bool = False  # its change was rolled back (failure or crash): nothing to return to
 
     @property
     def dir(self) -> str:
@@ -134,7 +135,8 @@ def load_backup(fs: NodeFS, backup_id: str) -> Backup:
     try:
         m = json.loads(fs.read(path))
         entries = tuple(BackupEntry(**e) for e in m["entries"])
-        return Backup(m["id"], m["created"], m["action"], entries)
+        undone = fs.exists(f"{BACKUPS_DIR}/{backup_id}/UNDONE")
+        return Backup(m["id"], m["created"], m["action"], entries, undone)
     except (ValueError, KeyError, TypeError):
         raise StoreError(f"{fs.display(path)}: corrupt backup manifest") from None
 
@@ -148,6 +150,11 @@ def list_backups(fs: NodeFS) -> List[Backup]:
             except StoreError:
                 continue
     return sorted(out, key=lambda b: (b.created, b.id))
+
+
+def _mark_undone(fs: NodeFS, backup_id: str, why: str) -> None:
+    """The change this backup was taken for never took effect: say so beside the backup."""
+    fs.write_atomic(f"{BACKUPS_DIR}/{backup_id}/UNDONE", (why + "\n").encode(), 0o600)
 
 
 def restore_writes(fs: NodeFS, backup: Backup) -> List[Write]:
@@ -164,7 +171,9 @@ def restore_writes(fs: NodeFS, backup: Backup) -> List[Write]:
                 raise StoreError(f"{fs.display(_backup_copy(backup.dir, e.path))}: backup copy is damaged "
                                  "(checksum mismatch); not restoring")
             writes.append(Write(e.path, data, e.mode if e.mode is not None else 0o600, uid=e.uid, gid=e.gid))
-    return writes
+    # put links and files back before removing what the change added, so that a symlink never
+    # points at a file that is already gone (kubelet-client-current.pem)
+    return [w for w in writes if not w.delete] + [w for w in writes if w.delete]
 
 
 def snapshot(fs: NodeFS, path: str) -> Tuple[BackupEntry, Optional[bytes]]:
@@ -246,10 +255,12 @@ class Transaction:
                     assert w.data is not None
                     fs.write_atomic(_staged(w.path), w.data, w.mode, w.uid, w.gid)
                 self._step(f"stage {w.path}")
-        except KubecertError:
+        except KubecertError as exc:
             self._drop_staged(paths)
+            _mark_undone(fs, backup_id, f"staging failed: {exc}")
             fs.remove(JOURNAL)
-            raise
+            raise StoreError(f"{str(exc).replace(STAGE_SUFFIX, '').replace('/.', '/', 1)}; "
+                             "nothing was changed") from None
         # 3. switch
         journal["state"] = "applying"
         journal["backup"] = backup_id
@@ -265,6 +276,7 @@ class Transaction:
         except KubecertError as exc:
             _restore(fs, backup)
             self._drop_staged(paths)
+            _mark_undone(fs, backup_id, f"write failed and was rolled back: {exc}")
             fs.remove(JOURNAL)
             raise StoreError(f"{exc}; rolled back: every file is as it was before") from None
         # 4. committed: the tree is all-new; from here recovery finishes (audit) instead of undoing
@@ -328,10 +340,13 @@ def recover(fs: NodeFS, now: dt.datetime) -> Optional[str]:
     if state == "applying":
         backup = load_backup(fs, str(journal.get("backup", jid)))
         _restore(fs, backup)
+        _mark_undone(fs, backup.id, "interrupted and rolled back by recover")
         message = (f"an interrupted {journal.get('action', 'change')} ({jid}) was rolled back: "
                    f"{len(paths)} file(s) restored from backup {jid}")
         outcome = "rolled-back"
     else:
+        if fs.exists(f"{BACKUPS_DIR}/{jid}/manifest.json"):
+            _mark_undone(fs, str(jid), "interrupted before any file changed")
         message = f"an interrupted {journal.get('action', 'change')} ({jid}) had changed nothing; cleaned up"
         outcome = "discarded"
     for p in paths:
