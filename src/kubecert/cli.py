@@ -220,6 +220,87 @@ def _console() -> Any:
     return Console(width=200 if not sys.stdout.isatty() else None, highlight=False, soft_wrap=False)
 
 
+def runtime_options(fn: F) -> F:
+    """Flags that choose and tune the restart adapters (shared by renew --restart and restart)."""
+    opts = [
+        click.option("--runtime", "cri", type=click.Choice(["crictl", "docker"]),
+                     help="Container CLI for static pods (default: detected from the CRI socket)."),
+        click.option("--strategy", type=click.Choice(["container", "manifest"]), default="container",
+                     show_default=True, help="Restart the container, or move the manifest out and back."),
+        click.option("--service-manager", type=click.Choice(["systemd", "sysv"]),
+                     help="For the kubelet and a systemd etcd (default: detected)."),
+        click.option("--restart-command", "restart_commands", multiple=True, metavar="COMPONENT=CMD",
+                     help="Restart COMPONENT with this shell command instead (repeatable)."),
+        click.option("--gate-timeout", "gate_timeouts", multiple=True, metavar="[COMPONENT=]SECONDS",
+                     help="How long a health gate waits (default 120; repeatable per component)."),
+        click.option("--restart-timeout", type=float, default=180.0, show_default=True,
+                     help="How long one restart command may take, in seconds."),
+    ]
+    for o in reversed(opts):
+        fn = o(fn)
+    return fn
+
+
+def _runtime_setup(cri: Optional[str], strategy: str, service_manager: Optional[str],
+                   restart_commands: tuple[str, ...], gate_timeouts: tuple[str, ...],
+                   restart_timeout: float) -> Any:
+    from .node.restart import Timeouts
+    from .node.runtime import Options
+
+    commands = {}
+    for item in restart_commands:
+        comp, sep, cmd = item.partition("=")
+        if not sep or comp not in spec.COMPONENTS or not cmd.strip():
+            raise click.BadParameter(f"{item!r}: expected COMPONENT=COMMAND with COMPONENT one of "
+                                     f"{', '.join(spec.COMPONENTS)}", param_hint="--restart-command")
+        commands[comp] = cmd
+    gates: dict[str, float] = {}
+    default_gate = 120.0
+    for item in gate_timeouts:
+        comp, sep, value = item.rpartition("=")
+        try:
+            seconds = float(value)
+        except ValueError:
+            raise click.BadParameter(f"{item!r}: expected [COMPONENT=]SECONDS", param_hint="--gate-timeout") from None
+        if sep and comp not in spec.COMPONENTS:
+            raise click.BadParameter(f"{comp!r} is not a component", param_hint="--gate-timeout")
+        if sep:
+            gates[comp] = seconds
+        else:
+            default_gate = seconds
+    return (Options(cri=cri, strategy=strategy, service_manager=service_manager, commands=commands),
+            Timeouts(restart=restart_timeout, gates=gates, default_gate=default_gate))
+
+
+def _progress_printer(console: Any) -> Any:
+    import time
+
+    start = time.monotonic()
+
+    def progress(component: str, message: str) -> None:
+        who = f"{component}: " if component else ""
+        console.print(f"[{time.monotonic() - start:6.1f}s] {who}{message}")
+
+    return progress
+
+
+def _print_steps(steps: Any, console: Any, title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=title, box=None, pad_edge=False, show_edge=False, header_style="bold", title_justify="left")
+    for col in ("COMPONENT", "ADAPTER", "RESTART", "CHECK", "TARGET", "RESULT", "TIME", "DETAIL"):
+        table.add_column(col, overflow="fold")
+    for st in steps:
+        table.add_row(st.component, st.adapter, "ok" if st.restart.ok else "FAILED", "", "", "",
+                      f"{st.restart.seconds:.1f}s", st.restart.detail)
+        for c in (st.gate.checks if st.gate else ()):
+            table.add_row("", "", "", c.name, c.target, "ok" if c.ok else "FAILED", f"{c.seconds:.2f}s", c.detail)
+        if not st.restart.ok:
+            for cmd in st.restart.commands[-3:]:
+                table.add_row("", "", "", "", "", "", "", cmd.summary())
+    console.print(table)
+
+
 @cli.command()
 @click.argument("names", nargs=-1, type=click.Choice(("all",) + spec.RENEWABLE))
 @root_option
@@ -233,11 +314,18 @@ def _console() -> Any:
               help="Also update copies of admin.conf under /root/.kube and /home/*/.kube.")
 @click.option("--dry-run", is_flag=True, help="Show the plan; write nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Apply without asking.")
+@click.option("--restart", is_flag=True,
+              help="Then restart the components that load the renewed files, in order, each gated on health "
+                   "and the served certificate; roll back on failure.")
+@click.option("--no-rollback", is_flag=True, help="With --restart: leave a failed node as it is, for inspection.")
+@runtime_options
 @now_option
 @profile_option
 @_handle_errors
 def renew(names: tuple[str, ...], root: str, days: int, key_mode: str, key_type: Optional[str],
-          update_user_kubeconfigs: bool, dry_run: bool, yes: bool, now_text: Optional[str],
+          update_user_kubeconfigs: bool, dry_run: bool, yes: bool, restart: bool, no_rollback: bool,
+          cri: Optional[str], strategy: str, service_manager: Optional[str], restart_commands: tuple[str, ...],
+          gate_timeouts: tuple[str, ...], restart_timeout: float, now_text: Optional[str],
           profile_text: Optional[str]) -> None:
     """Renew certificates and kubeconfigs offline, from the existing ones.
 
@@ -247,8 +335,9 @@ def renew(names: tuple[str, ...], root: str, days: int, key_mode: str, key_type:
     """
     now = parse_now(now_text)
     from . import renew as R
+    from .node.restart import recover_node
     from .store import LocalFS
-    from .store.txn import LOCK, recover
+    from .store.txn import LOCK
 
     fs = LocalFS(root)
     profile = spec.parse_profile(profile_text) if profile_text else None
@@ -268,8 +357,15 @@ def renew(names: tuple[str, ...], root: str, days: int, key_mode: str, key_type:
         console.print(f"dry run: {len(p.renewed)} to renew, {len(p.writes)} file(s) would be written; "
                       "nothing was written")
         return
+    if restart:
+        if not yes:
+            fail("--restart changes a running node: pass --yes (review the plan first with --dry-run)")
+        _renew_restart(fs, selected, now, kwargs, console, not no_rollback,
+                       _runtime_setup(cri, strategy, service_manager, restart_commands, gate_timeouts,
+                                      restart_timeout))
+        return
     with fs.lock(LOCK):
-        recovered = recover(fs, now)
+        recovered = recover_node(fs, now)
         if recovered:
             console.print(f"recovered: {recovered}")
         p = R.plan(fs, selected, now=now, **kwargs)  # type: ignore[arg-type]
@@ -287,6 +383,129 @@ def renew(names: tuple[str, ...], root: str, days: int, key_mode: str, key_type:
                   f"(undo: kubecert rollback {backup.id}{'' if root == '/' else ' --root ' + root})")
     if p.components:
         console.print("restart to load the new files: " + ", ".join(p.components))
+
+
+def _renew_restart(fs: Any, selected: list[str], now: dt.datetime, kwargs: dict[str, Any], console: Any,
+                   rollback: bool, setup: Any) -> None:
+    from rich.table import Table
+
+    from .inventory import scan
+    from .node.restart import renew_restart
+
+    options, timeouts = setup
+    before = scan(fs, now=now)
+    console.print(f"check: {len(before.items)} item(s), {len(before.findings)} finding(s) before renewal")
+    outcome = renew_restart(fs, selected, now=now, options=options, timeouts=timeouts, rollback=rollback,
+                            progress=_progress_printer(console), fault=_fault_from_env(), **kwargs)
+    if outcome.recovered:
+        console.print(f"recovered: {outcome.recovered}")
+    _print_plan(outcome.plan, console)
+    if outcome.backup is None:
+        console.print("nothing to renew")
+        return
+    _print_steps(outcome.first.steps, console, "Restarts and health gates")
+    if outcome.after_rollback is not None:
+        _print_steps(outcome.after_rollback.steps, console, "After restoring the backup")
+    served = {st.component: next((c.ok for c in st.gate.checks if c.name == "served-cert"), None)
+              for st in outcome.first.steps if st.gate}
+    healthy = {st.component: st.ok for st in outcome.first.steps}
+    table = Table(title="Summary", box=None, pad_edge=False, show_edge=False, header_style="bold",
+                  title_justify="left")
+    for col in ("NAME", "NOT AFTER old -> new (UTC)", "SERVED CERT", "HEALTH"):
+        table.add_column(col)
+    for i in outcome.plan.renewed:
+        match = [served.get(c) for c in i.components if served.get(c) is not None]
+        if i.name not in ("apiserver", "etcd-server"):
+            match = []
+        health = [healthy[c] for c in i.components if c in healthy]
+        table.add_row(i.name, f"{_fmt_time(i.old_not_after)} -> {_fmt_time(i.new_not_after)}",
+                      "-" if not match else ("matches" if all(match) else "OLD"),
+                      "-" if not health else ("ok" if all(health) else "FAILED"))
+    console.print(table)
+    code = outcome.exit_code
+    if code == 0:
+        console.print(f"done: renewed, restarted and verified; backup {outcome.backup.id}")
+        return
+    failed = outcome.first.failed
+    what = f"{failed.component} failed" if failed else "a step failed"
+    if code == 4:
+        fail(f"{what}; the node was restored from backup {outcome.backup.id} and is healthy on its old "
+             "certificates", 4)
+    if outcome.rolled_back:
+        fail(f"{what}; backup {outcome.backup.id} was restored but the node is NOT healthy: inspect it", 5)
+    fail(f"{what}; left as it is (--no-rollback); undo with: kubecert rollback {outcome.backup.id}", 5)
+
+
+@cli.command()
+@click.argument("components", nargs=-1, type=click.Choice(spec.COMPONENTS))
+@root_option
+@click.option("--yes", "-y", is_flag=True, help="Restart without asking.")
+@runtime_options
+@_handle_errors
+def restart(components: tuple[str, ...], root: str, yes: bool, cri: Optional[str], strategy: str,
+            service_manager: Optional[str], restart_commands: tuple[str, ...], gate_timeouts: tuple[str, ...],
+            restart_timeout: float) -> None:
+    """Restart components in order (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+    kubelet), each followed by its health gate; stop at the first failure.
+
+    Without COMPONENTS: every component found on the node."""
+    from .node.restart import restart_in_order
+    from .node.runtime import choose
+    from .node.verify import Verifier
+    from .store import LocalFS
+    from .store.txn import LOCK
+
+    fs = LocalFS(root)
+    options, timeouts = _runtime_setup(cri, strategy, service_manager, restart_commands, gate_timeouts,
+                                       restart_timeout)
+    console = _console()
+    with fs.lock(LOCK):
+        verifier = Verifier(fs)
+        wanted = list(components) or list(verifier.components)
+        choices = choose(fs, verifier.facts, wanted, options)
+        for c in wanted:
+            console.print(f"{c}: {choices[c].adapter.describe()}")
+        if not yes:
+            if not sys.stdin.isatty():
+                fail("not a terminal and --yes not given; re-run with --yes to restart")
+            if not click.confirm(f"Restart {', '.join(wanted)}?"):
+                fail("aborted", 1)
+        seq = restart_in_order(verifier, choices, wanted, timeouts, _progress_printer(console))
+    _print_steps(seq.steps, console, "Restarts and health gates")
+    if not seq.ok:
+        failed = seq.failed
+        fail(f"{failed.component if failed else 'a component'} failed its restart or health gate", 2)
+
+
+@cli.command()
+@root_option
+@click.option("--timeout", type=float, default=5.0, show_default=True, help="Per probe, in seconds.")
+@_handle_errors
+def verify(root: str, timeout: float) -> None:
+    """Probe every component of the node: health, etcd cluster health, and that etcd and the
+    apiserver serve the certificate on disk. Exit 0 when all pass, 2 otherwise."""
+    from rich.table import Table
+
+    from .node.verify import Verifier
+    from .store import LocalFS
+
+    fs = LocalFS(root)
+    v = Verifier(fs, timeout=timeout)
+    console = _console()
+    if not v.components:
+        fail("no component endpoints found on this node (no static pod manifests, etcd unit or kubelet config)")
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+    for col in ("COMPONENT", "CHECK", "TARGET", "RESULT", "TIME", "DETAIL"):
+        table.add_column(col, overflow="fold")
+    ok = True
+    for comp in v.components:
+        ep = v.endpoints[comp]
+        for c in v.check(comp):
+            ok = ok and c.ok
+            table.add_row(c.component, c.name, c.target, "ok" if c.ok else "FAILED", f"{c.seconds:.2f}s", c.detail)
+        console.print(f"{comp}: {ep.url} (from {ep.source})")
+    console.print(table)
+    sys.exit(0 if ok else 2)
 
 
 @cli.group()
@@ -343,13 +562,13 @@ def rollback(backup_id: Optional[str], root: str, yes: bool, now_text: Optional[
 @_handle_errors
 def recover(root: str, now_text: Optional[str]) -> None:
     """Finish a change that was interrupted (crash, kill -9, power loss): the tree ends all-old."""
+    from .node.restart import recover_node
     from .store import LocalFS
     from .store.txn import LOCK
-    from .store.txn import recover as do_recover
 
     fs = LocalFS(root)
     with fs.lock(LOCK):
-        done = do_recover(fs, parse_now(now_text))
+        done = recover_node(fs, parse_now(now_text))
     click.echo(done or "nothing to recover")
 
 

@@ -469,23 +469,31 @@ def _iso(t: Optional[dt.datetime]) -> Optional[str]:
     return None if t is None else t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def rollback(fs: NodeFS, backup_id: Optional[str], *, now: dt.datetime,
-             fault: Optional[Fault] = None) -> Tuple[Backup, Backup, Optional[str]]:
-    """Restore backup ``backup_id`` (default: the latest) atomically. The state it replaces is
-    itself backed up first, so a rollback can be rolled back. Returns (restored, new backup, recovered)."""
+def rollback_unlocked(fs: NodeFS, backup_id: Optional[str], *, now: dt.datetime,
+                      fault: Optional[Fault] = None) -> Tuple[Backup, Backup]:
+    """Restore backup ``backup_id`` (default: the latest that took effect) atomically; the caller
+    holds the lock. The state it replaces is itself backed up first, so a rollback can be rolled
+    back. Returns (restored, new backup)."""
     from .store.txn import list_backups, load_backup, restore_writes
 
+    if backup_id is None:
+        live = [b for b in list_backups(fs) if not b.undone]
+        backups = [b for b in live if b.action != "rollback"] or live
+        if not backups:
+            raise KubecertError(f"{fs.display(L.STATE_DIR)}: no backups to roll back to")
+        target = backups[-1]
+    else:
+        target = load_backup(fs, backup_id)
+    writes = restore_writes(fs, target)
+    backup = Transaction(fs, now=now, action="rollback", fault=fault).apply(
+        writes, [{"action": "rollback", "restored": target.id, "files": [e.path for e in target.entries]}])
+    return target, backup
+
+
+def rollback(fs: NodeFS, backup_id: Optional[str], *, now: dt.datetime,
+             fault: Optional[Fault] = None) -> Tuple[Backup, Backup, Optional[str]]:
+    """Lock, recover, then :func:`rollback_unlocked`. Returns (restored, new backup, recovered)."""
     with fs.lock(LOCK):
         recovered = recover(fs, now)
-        if backup_id is None:
-            live = [b for b in list_backups(fs) if not b.undone]
-            backups = [b for b in live if b.action != "rollback"] or live
-            if not backups:
-                raise KubecertError(f"{fs.display(L.STATE_DIR)}: no backups to roll back to")
-            target = backups[-1]
-        else:
-            target = load_backup(fs, backup_id)
-        writes = restore_writes(fs, target)
-        backup = Transaction(fs, now=now, action="rollback", fault=fault).apply(
-            writes, [{"action": "rollback", "restored": target.id, "files": [e.path for e in target.entries]}])
+        target, backup = rollback_unlocked(fs, backup_id, now=now, fault=fault)
     return target, backup, recovered

@@ -207,6 +207,8 @@ class LocalFS(NodeFS):
         try:
             os.replace(hsrc, hdst)
             _fsync_dir(os.path.dirname(hdst))
+            if os.path.dirname(hsrc) != os.path.dirname(hdst):
+                _fsync_dir(os.path.dirname(hsrc))
         except OSError as exc:
             raise StoreError(f"{self.display(dst)}: rename failed ({exc.strerror or exc})") from None
 

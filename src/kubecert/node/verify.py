@@ -1,0 +1,181 @@
+"""Health gates and the served-certificate check, per component, as data.
+
+etcd: ``/health`` on its client URL with the healthcheck-client cert, the served certificate equal to
+``pki/etcd/server.crt``, and every member of the cluster (etcd's JSON gateway) healthy.
+kube-apiserver: ``/readyz`` with admin.conf's credentials and the served certificate equal to
+``pki/apiserver.crt``. kube-controller-manager / kube-scheduler: ``/healthz``. kubelet: ``/healthz``.
+Credentials and expected fingerprints are read from disk at each check, so a gate after a renewal
+checks the new files.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from .. import layout as L
+from .. import spec, x509ops
+from ..errors import KubecertError
+from ..facts import NodeFacts, gather
+from ..kubeconfig import parse as parse_kubeconfig
+from ..store import NodeFS
+from . import probes
+from .endpoints import Endpoint, discover
+
+
+@dataclass(frozen=True)
+class Check:
+    component: str
+    name: str
+    target: str
+    ok: bool
+    detail: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class GateResult:
+    component: str
+    ok: bool
+    checks: Tuple[Check, ...]
+    seconds: float
+    attempts: int
+
+
+class Verifier:
+    """Probes one node's components using the node's own files."""
+
+    def __init__(self, fs: NodeFS, facts: Optional[NodeFacts] = None, timeout: float = 5.0) -> None:
+        self.fs = fs
+        self.facts = facts or gather(fs)
+        self.layout = L.Layout(self.facts.pki_dir)
+        self.endpoints: Dict[str, Endpoint] = discover(fs, self.facts)
+        self.timeout = timeout
+
+    @property
+    def components(self) -> Tuple[str, ...]:
+        return tuple(c for c in spec.COMPONENTS if c in self.endpoints)
+
+    # -- credentials, read fresh every time --------------------------------------------------
+    def _pki(self, name: str) -> Tuple[bytes, Optional[bytes]]:
+        e = spec.entry(name)
+        cert = self.fs.read(self.layout.cert(e))
+        key = self.fs.read(self.layout.key(e)) if self.fs.exists(self.layout.key(e)) else None
+        return cert, key
+
+    def creds(self, component: str) -> probes.Creds:
+        if component == spec.ETCD:
+            ca, _ = self._pki("etcd-ca")
+            for client in ("etcd-healthcheck-client", "apiserver-etcd-client"):
+                e = spec.entry(client)
+                if self.fs.exists(self.layout.cert(e)):
+                    cert, key = self._pki(client)
+                    return probes.Creds(ca, cert, key)
+            return probes.Creds(ca)
+        if component == spec.APISERVER:
+            admin = self.layout.kubeconfig("admin.conf")
+            if self.fs.exists(admin):
+                kc = parse_kubeconfig(self.fs.read(admin), self.fs.display(admin))
+                return probes.Creds(kc.ca_data, kc.client_cert_data, kc.client_key_data)
+            ca, _ = self._pki("ca")
+            return probes.Creds(ca)
+        return probes.Creds()
+
+    def expected_served(self, component: str) -> Optional[str]:
+        name = {spec.ETCD: "etcd-server", spec.APISERVER: "apiserver"}.get(component)
+        if not name:
+            return None
+        path = self.layout.cert(spec.entry(name))
+        if not self.fs.exists(path):
+            return None
+        return x509ops.fingerprint(x509ops.load_cert(self.fs.read(path), self.fs.display(path)))
+
+    # -- checks ------------------------------------------------------------------------------
+    def _timed(self, component: str, name: str, target: str, fn: Callable[[], Tuple[bool, str]]) -> Check:
+        start = time.monotonic()
+        try:
+            ok, detail = fn()
+        except probes.ProbeError as exc:
+            ok, detail = False, str(exc)
+        except KubecertError as exc:
+            ok, detail = False, str(exc)
+        return Check(component, name, target, ok, detail, time.monotonic() - start)
+
+    def check(self, component: str) -> List[Check]:
+        ep = self.endpoints.get(component)
+        if ep is None:
+            return [Check(component, "endpoint", "-", False, "no endpoint found on this node", 0.0)]
+        creds = self.creds(component)
+        out: List[Check] = []
+        verify_tls = component in (spec.ETCD, spec.APISERVER)
+
+        def health() -> Tuple[bool, str]:
+            r = probes.request(ep, creds, timeout=self.timeout, verify=verify_tls)
+            if component == spec.ETCD:
+                ok, why = probes.parse_health(r.body)
+                return r.status == 200 and ok, f"HTTP {r.status}" + (f": {why}" if why else "")
+            text = r.body[:60].decode(errors="replace").strip()
+            return r.status == 200, f"HTTP {r.status} {text}"
+
+        out.append(self._timed(component, "health", ep.url, health))
+        expected = self.expected_served(component)
+        if expected is not None:
+            def served() -> Tuple[bool, str]:
+                got = probes.served_fingerprint(ep, creds, timeout=self.timeout)
+                if got == expected:
+                    return True, f"serves the certificate on disk ({got[:16]}...)"
+                return False, f"serves {got[:16]}..., the file on disk is {expected[:16]}... (old certificate still loaded)"
+
+            out.append(self._timed(component, "served-cert", f"{ep.host}:{ep.port}", served))
+        if component == spec.ETCD and out[0].ok:
+            out.append(self._timed(component, "cluster", ep.url, lambda: self._etcd_cluster(ep, creds)))
+        return out
+
+    def _etcd_cluster(self, ep: Endpoint, creds: probes.Creds) -> Tuple[bool, str]:
+        members = probes.etcd_members(ep, creds, timeout=self.timeout)
+        bad = []
+        for m in members:
+            urls = m.get("clientURLs") or []
+            name = m.get("name") or m.get("ID")
+            if not urls:
+                bad.append(f"{name}: not started")
+                continue
+            mep = probes.endpoint_from_url(spec.ETCD, urls[0], "/health", "member list")
+            if mep is None:
+                bad.append(f"{name}: bad client URL {urls[0]}")
+                continue
+            try:
+                r = probes.request(mep, creds, timeout=self.timeout)
+                ok, why = probes.parse_health(r.body)
+                if not (r.status == 200 and ok):
+                    bad.append(f"{name}: unhealthy ({why or r.status})")
+            except probes.ProbeError as exc:
+                bad.append(f"{name}: {exc}")
+        if bad:
+            return False, f"{len(members) - len(bad)}/{len(members)} members healthy; " + "; ".join(bad)
+        return True, f"{len(members)}/{len(members)} members healthy"
+
+    def gate(self, component: str, timeout: float, interval: float = 1.0,
+             on_attempt: Optional[Callable[[int, List[Check]], None]] = None) -> GateResult:
+        """Check until everything passes or ``timeout`` seconds pass."""
+        start = time.monotonic()
+        attempts = 0
+        while True:
+            attempts += 1
+            checks = self.check(component)
+            if on_attempt:
+                on_attempt(attempts, checks)
+            ok = all(c.ok for c in checks)
+            elapsed = time.monotonic() - start
+            if ok or elapsed + interval > timeout:
+                return GateResult(component, ok, tuple(checks), elapsed, attempts)
+            time.sleep(interval)
+
+
+def verify(fs: NodeFS, components: Optional[Sequence[str]] = None, timeout: float = 5.0) -> List[Check]:
+    v = Verifier(fs, timeout=timeout)
+    out: List[Check] = []
+    for c in components or v.components:
+        out.extend(v.check(c))
+    return out
