@@ -10,6 +10,8 @@ command -v etcd >/dev/null || need_apt+=(etcd-server)
 command -v etcdctl >/dev/null || need_apt+=(etcd-client)
 command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
 command -v ip >/dev/null || need_apt+=(iproute2)
+command -v kubectl >/dev/null || need_apt+=(kubernetes-client)   # independent kubeconfig checker
+command -v chattr >/dev/null || need_apt+=(e2fsprogs)
 if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq

@@ -372,6 +372,7 @@ def renew(names: tuple[str, ...], root: str, days: int, key_mode: str, key_type:
         _print_plan(p, console)
         if not p.writes:
             console.print("nothing to renew")
+            _fail_on_stranded(p)
             return
         if not yes:
             if not sys.stdin.isatty():
@@ -383,6 +384,14 @@ def renew(names: tuple[str, ...], root: str, days: int, key_mode: str, key_type:
                   f"(undo: kubecert rollback {backup.id}{'' if root == '/' else ' --root ' + root})")
     if p.components:
         console.print("restart to load the new files: " + ", ".join(p.components))
+    _fail_on_stranded(p)
+
+
+def _fail_on_stranded(p: Any) -> None:
+    if p.stranded:
+        names = ", ".join(i.name for i in p.stranded)
+        fail(f"{names}: expired and not renewable on this node (its CA key is elsewhere): renew on the node "
+             "that holds the CA key, then copy the cert and key here", 2)
 
 
 def _renew_restart(fs: Any, selected: list[str], now: dt.datetime, kwargs: dict[str, Any], console: Any,

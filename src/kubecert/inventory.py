@@ -255,9 +255,12 @@ class _Scan:
                           f"({x509ops.not_after(ca):%Y-%m-%d}); it stops working then",
                           f"rotate {e.ca} before {x509ops.not_after(ca):%Y-%m-%d}")
         if x509ops.not_after(cert) <= self.now:
+            ca_key = self.layout.key(spec.entry(e.ca))
             self.find(ERROR, "expired", e.name, path,
                       f"{e.name} expired on {x509ops.not_after(cert):%Y-%m-%d %H:%M} UTC",
-                      f"kubecert renew {e.name}")
+                      f"kubecert renew {e.name}" if self.ca_has_key.get(e.ca) else
+                      f"{ca_key} is not on this node: run `kubecert renew {e.name}` where it is, then copy "
+                      f"the renewed {e.name} certificate and key here")
         elif x509ops.not_before(cert) > self.now:
             self.find(ERROR, "not-yet-valid", e.name, path,
                       f"{e.name} is not valid before {x509ops.not_before(cert):%Y-%m-%d %H:%M} UTC",

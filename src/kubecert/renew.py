@@ -70,6 +70,12 @@ class Plan:
         return tuple(i for i in self.items if i.action == "renew")
 
     @property
+    def stranded(self) -> Tuple[PlanItem, ...]:
+        """Skipped items that are expired at ``now``: this node cannot fix them by itself."""
+        return tuple(i for i in self.items if i.action == "skip" and i.old_not_after is not None
+                     and i.old_not_after <= self.now)
+
+    @property
     def components(self) -> Tuple[str, ...]:
         """What must be restarted to load the new files, in restart order."""
         wanted = {c for i in self.renewed for c in i.components}
@@ -222,6 +228,13 @@ def _plan_kubelet_serving(ctx: _Ctx, e: spec.Entry, explicit: bool) -> PlanItem:
                     differences=_differences(old, new), components=e.components)
 
 
+def _not_after_of(ctx: _Ctx, path: str) -> Optional[dt.datetime]:
+    try:
+        return x509ops.not_after(x509ops.load_cert(ctx.fs.read(path), ctx.fs.display(path)))
+    except KubecertError:
+        return None
+
+
 def _skip_reason(ctx: _Ctx, e: spec.Entry) -> Optional[str]:
     assert e.ca is not None
     ca = ctx.cas.get(e.ca)
@@ -229,7 +242,7 @@ def _skip_reason(ctx: _Ctx, e: spec.Entry) -> Optional[str]:
         return f"its CA {e.ca} is not on this node"
     if ca.key is None:
         return (f"externally managed: {ctx.fs.display(ctx.layout.key(spec.entry(e.ca)))} is absent "
-                "(renew it where the CA key lives)")
+                "(renew it where the CA key lives, then copy it here)")
     return None
 
 
@@ -237,7 +250,7 @@ def _plan_leaf(ctx: _Ctx, e: spec.Entry) -> PlanItem:
     cpath, kpath = ctx.layout.cert(e), ctx.layout.key(e)
     reason = _skip_reason(ctx, e)
     if reason:
-        return PlanItem(e.name, "skip", reason, path=ctx.fs.display(cpath))
+        return PlanItem(e.name, "skip", reason, path=ctx.fs.display(cpath), old_not_after=_not_after_of(ctx, cpath))
     old = x509ops.load_cert(ctx.fs.read(cpath), ctx.fs.display(cpath))
     old_key = (x509ops.load_key(ctx.fs.read(kpath), ctx.fs.display(kpath))
                if ctx.key_mode == "reuse" and ctx.fs.exists(kpath) else None)

@@ -58,8 +58,12 @@ class NodeFS(abc.ABC):
     def symlink_atomic(self, path: str, target: str) -> None: ...
 
     @abc.abstractmethod
-    def rename(self, src: str, dst: str) -> None:
-        """Atomically replace ``dst`` by ``src`` (same directory), then sync the directory."""
+    def rename(self, src: str, dst: str, sync: bool = True) -> None:
+        """Atomically replace ``dst`` by ``src``, then (unless ``sync`` is false) sync the directories."""
+
+    @abc.abstractmethod
+    def sync_dir(self, path: str) -> None:
+        """Make the directory's entries durable (after renames done with ``sync=False``)."""
 
     @abc.abstractmethod
     def makedirs(self, path: str, mode: int = 0o755) -> None: ...
@@ -201,14 +205,18 @@ class LocalFS(NodeFS):
     def lock(self, path: str) -> contextlib.AbstractContextManager[None]:
         return _flock(self, path)
 
-    def rename(self, src: str, dst: str) -> None:
+    def sync_dir(self, path: str) -> None:
+        _fsync_dir(self.host_path(path))
+
+    def rename(self, src: str, dst: str, sync: bool = True) -> None:
         hsrc = self.host_path(src, follow_last=False)
         hdst = self.host_path(dst, follow_last=False)
         try:
             os.replace(hsrc, hdst)
-            _fsync_dir(os.path.dirname(hdst))
-            if os.path.dirname(hsrc) != os.path.dirname(hdst):
-                _fsync_dir(os.path.dirname(hsrc))
+            if sync:
+                _fsync_dir(os.path.dirname(hdst))
+                if os.path.dirname(hsrc) != os.path.dirname(hdst):
+                    _fsync_dir(os.path.dirname(hsrc))
         except OSError as exc:
             raise StoreError(f"{self.display(dst)}: rename failed ({exc.strerror or exc})") from None
 

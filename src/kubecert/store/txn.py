@@ -267,12 +267,16 @@ class Transaction:
         _write_journal(fs, journal)
         self._step("journal applying")
         try:
+            # renames back to back, directories synced once after: a running server that re-reads a
+            # cert/key pair per connection (etcd) sees them mismatched for the shortest time
             for w in writes:
                 if w.delete:
                     fs.remove(w.path)
                 else:
-                    fs.rename(_staged(w.path), w.path)
+                    fs.rename(_staged(w.path), w.path, sync=False)
                 self._step(f"rename {w.path}")
+            for d in sorted({posixpath.dirname(w.path) for w in writes}):
+                fs.sync_dir(d)
         except KubecertError as exc:
             _restore(fs, backup)
             self._drop_staged(paths)
