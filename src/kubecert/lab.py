@@ -301,8 +301,18 @@ def _write_master(c: _Cluster, fs: LocalFS, node: LabNode, stacked: bool,
                     kubeconfig_bytes(c.spec.cluster_name, f"https://{c.endpoint}", ca_pem,
                                      f"system:node:{node.name}", cert_file=current, key_file=current), 0o600)
     _write_kubelet_serving(c, fs, node)
+    _write_kubelet_config(fs)
     for name, body in _control_plane_manifests(node, etcd_servers).items():
         fs.write_atomic(f"{L.MANIFESTS_DIR}/{name}.yaml", body, 0o600)
+
+
+def _write_kubelet_config(fs: LocalFS) -> None:
+    """/var/lib/kubelet/config.yaml as kubeadm writes it (the parts kubecert reads)."""
+    cfg = {"apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
+           "authentication": {"x509": {"clientCAFile": "/etc/kubernetes/pki/ca.crt"}},
+           "cgroupDriver": "systemd", "healthzBindAddress": "127.0.0.1", "healthzPort": 10248,
+           "rotateCertificates": True, "staticPodPath": "/etc/kubernetes/manifests"}
+    fs.write_atomic(L.KUBELET_CONFIG, yaml.safe_dump(cfg, sort_keys=False).encode(), 0o644)
 
 
 def _write_kubelet_serving(c: _Cluster, fs: LocalFS, node: LabNode) -> None:
