@@ -9,6 +9,7 @@ etcdctl and real TLS handshakes. Every test ends by checking that no process of 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -17,6 +18,7 @@ import shutil
 import signal
 import socket
 import ssl
+import stat
 import subprocess
 import sys
 import time
@@ -37,6 +39,7 @@ from fakenode.fixture import (
     prepare_node,
     read_ports,
     running_node,
+    runtime_socket,
 )
 from realworld import kubecert, lab_create, require_tool
 
@@ -123,8 +126,7 @@ def test_prepare_node_moves_every_address_to_loopback_and_keeps_the_pki(node_roo
 
     ports = prepare_node(node_root)
 
-    assert len({ports.etcd_client, ports.etcd_peer, ports.etcd_metrics, ports.apiserver,
-                ports.controller_manager, ports.scheduler}) == 6
+    assert len(set(dataclasses.astuple(ports))) == 7 and 0 not in dataclasses.astuple(ports)
     assert read_ports(node_root) == ports
     mdir = node_root / "etc/kubernetes/manifests"
 
@@ -147,6 +149,9 @@ def test_prepare_node_moves_every_address_to_loopback_and_keeps_the_pki(node_roo
     assert f"--secure-port={ports.controller_manager}" in pod("kube-controller-manager")["command"]
     assert pod("kube-scheduler")["livenessProbe"]["httpGet"]["port"] == ports.scheduler
     assert oct((mdir / "etcd.yaml").stat().st_mode & 0o777) == "0o600"  # modes kept
+    kubelet_cfg = yaml.safe_load((node_root / "var/lib/kubelet/config.yaml").read_text())
+    assert kubelet_cfg["kind"] == "KubeletConfiguration" and kubelet_cfg["staticPodPath"] == "/etc/kubernetes/manifests"
+    assert (kubelet_cfg["healthzBindAddress"], kubelet_cfg["healthzPort"]) == ("127.0.0.1", ports.kubelet_healthz)
 
     init = next(d for d in yaml.safe_load_all((node_root / "etc/kubernetes/kubeadm-config.yaml").read_text())
                 if d["kind"] == "InitConfiguration")
@@ -163,6 +168,14 @@ def test_prepare_node_moves_every_address_to_loopback_and_keeps_the_pki(node_roo
     check_after = json.loads(kubecert("check", "--root", str(node_root), "-o", "json").stdout)
     assert check_after["findings"] == check_before["findings"] == []  # kubecert sees the same healthy node
     assert check_after["profile"]["name"] == "stacked"
+
+
+def test_runtime_socket_marks_the_node_runtime(node_root: Path) -> None:
+    for runtime, path in (("containerd", "run/containerd/containerd.sock"), ("cri-dockerd", "var/run/cri-dockerd.sock")):
+        sock = runtime_socket(node_root, runtime)
+        assert sock == node_root / path and stat.S_ISSOCK(sock.stat().st_mode)
+    with pytest.raises(S.FakeNodeError, match="unknown runtime"):
+        runtime_socket(node_root, "rkt")
 
 
 def test_running_an_unprepared_node_is_refused_with_the_fix(node_root: Path, tmp_path: Path) -> None:
@@ -299,10 +312,12 @@ def test_docker_stand_in_lists_k8s_names_and_restarts_in_place(node: FakeNode) -
 
 def test_systemctl_restarts_the_kubelet_without_touching_its_containers(node: FakeNode) -> None:
     assert _ok(node.run("systemctl", "is-active", "kubelet")).strip() == "active"
+    assert node.probe("kubelet") == (200, "ok")  # the kubelet's own healthz, from its config.yaml
     before = {c.name: (c.id, c.pid) for c in node.containers() if c.alive}
     old_sup = node.supervisor_pid
     _ok(node.run("systemctl", "restart", "kubelet.service"))
     assert node.supervisor_pid not in (None, old_sup)
+    _until(lambda: node.healthy("kubelet"), 5, "the new kubelet answers /healthz")
     time.sleep(1.0)  # several supervision ticks of the new kubelet
     assert {c.name: (c.id, c.pid) for c in node.containers() if c.alive} == before
     # the new kubelet supervises the containers it adopted: a stopped one comes back
@@ -329,6 +344,11 @@ def test_etcd_as_a_systemd_unit_runs_a_real_etcd(node: FakeNode, tmp_path: Path)
     node.wait_no_container("etcd", timeout=8)
     _until(lambda: not node.port_open(node.ports.etcd_client), 8, "the static etcd stops listening")
     node.define_unit("etcd", etcd_command(node.root, node.state, moved), {"ETCD_LOGGER": "zap"})
+    unit_file = node.install_unit_file("etcd")  # what service-manager detection finds in the node root
+    assert unit_file == node.root / "etc/systemd/system/etcd.service"
+    assert re.search(r"(?m)^ExecStart=\S*etcd --advertise-client-urls=", unit_file.read_text())
+    init_script = node.install_unit_file("etcd", sysv=True)
+    assert init_script == node.root / "etc/init.d/etcd" and init_script.stat().st_mode & 0o111
 
     inactive = node.run("systemctl", "is-active", "etcd")
     assert (inactive.returncode, inactive.stdout.strip()) == (3, "inactive")
@@ -429,6 +449,29 @@ def test_expired_cluster_is_unhealthy_until_renewed_and_restarted(tmp_path: Path
 
 
 # --------------------------------------------------------------------------------------------- teardown
+
+
+def test_supervisor_stops_everything_when_its_owner_dies(node_root: Path, tmp_path: Path) -> None:
+    prepare_node(node_root)
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])  # stands for pytest
+    try:
+        with running_node(node_root, tmp_path, owner_pid=owner.pid) as node:
+            node.define_unit("sleeper", [sys.executable, "-c", "import time; time.sleep(600)"])
+            _ok(node.run("systemctl", "start", "sleeper"))
+            sup, sleeper = node.supervisor_pid, node.unit_pid("sleeper")
+            assert sup is not None and sleeper is not None
+            procs = {(c.pid, c.pid_starttime) for c in node.containers() if c.alive}
+            procs |= {(pid, S.start_time(pid)) for pid in (sup, sleeper)}
+            owner.kill()
+            owner.wait(5)
+            # nobody tears down: the supervisor notices and stops containers, units and itself
+            _until(lambda: not any(S.alive(pid, started) for pid, started in procs), 15,
+                   "the supervisor stops everything once its owner is gone")
+            assert "owner process" in (node.state / "units/kubelet.log").read_text()
+    finally:
+        owner.kill()
+        owner.wait(5)
+    assert node.survivors() == []
 
 
 def test_teardown_kills_everything_even_after_the_supervisor_was_killed(node_root: Path, tmp_path: Path) -> None:

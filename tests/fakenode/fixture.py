@@ -12,7 +12,8 @@ state directory, proxies / KUBECONFIG / ETCD* are removed. The fake kubelet itse
 unit ``kubelet`` (``systemctl restart kubelet`` restarts it; its containers keep running, as
 with the real kubelet). Teardown stops the supervisor, every unit and every container, then
 kills whatever still carries this node's owner mark in its environment: no orphans, even when
-the supervisor was killed or the test failed.
+the supervisor was killed or the test failed; and should the test process itself die, the
+supervisor (which watches it) stops everything on its own.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import shutil
 import signal
 import socket
 import ssl
+import stat
 import subprocess
 import sys
 import time
@@ -47,6 +49,8 @@ KUBELET_PY = FAKENODE_DIR / "kubelet.py"
 TOOLS = ("crictl", "docker", "systemctl", "service")
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 READY_TIMEOUT = 30.0
+KUBELET_CONFIG = "var/lib/kubelet/config.yaml"
+FILE_CHECK_FREQUENCY = "200ms"
 
 PathLike = S.PathLike
 
@@ -64,10 +68,12 @@ class NodePorts:
     apiserver: int = 0
     controller_manager: int = 0
     scheduler: int = 0
+    kubelet_healthz: int = 0
 
     def of(self, component: str) -> int:
         return {"etcd": self.etcd_client, "kube-apiserver": self.apiserver,
-                "kube-controller-manager": self.controller_manager, "kube-scheduler": self.scheduler}[component]
+                "kube-controller-manager": self.controller_manager, "kube-scheduler": self.scheduler,
+                "kubelet": self.kubelet_healthz}[component]
 
 
 def free_ports(count: int) -> List[int]:
@@ -134,16 +140,17 @@ def prepare_node(root: PathLike, *, ports: Optional[NodePorts] = None, etcd_serv
     scheduler's --secure-port; every probe's host and port. kubeadm-config.yaml: localAPIEndpoint
     127.0.0.1:<apiserver port>, a loopback controlPlaneEndpoint's port, an etcd host's extraArgs.
     Kubeconfigs (admin, super-admin, kubelet, controller-manager, scheduler): server ->
-    https://127.0.0.1:<apiserver port>, every other byte kept. Certificates are not touched
-    (the lab's name 127.0.0.1 already). Returns the ports; pass ``ports`` to choose them.
+    https://127.0.0.1:<apiserver port>, every other byte kept. var/lib/kubelet/config.yaml:
+    healthz on 127.0.0.1:<kubelet_healthz>, fileCheckFrequency 200ms (written as kubeadm would if
+    absent). Certificates are not touched (the lab's name 127.0.0.1 already). Returns the ports;
+    pass ``ports`` to choose them.
     """
     root = Path(root)
     mdir = _manifests(root)
     if not mdir.is_dir():
         raise S.FakeNodeError(f"{mdir} is missing: is {root} a lab node root?")
     if ports is None:
-        p = free_ports(6)
-        ports = NodePorts(*p)
+        ports = NodePorts(*free_ports(7))
     client, peer = f"https://{HOST}:{ports.etcd_client}", f"https://{HOST}:{ports.etcd_peer}"
     has_etcd = (mdir / "etcd.yaml").is_file()
 
@@ -207,6 +214,7 @@ def prepare_node(root: PathLike, *, ports: Optional[NodePorts] = None, etcd_serv
         path = root / "etc/kubernetes" / cfg
         if path.is_file():
             _rewrite_yaml(path, kubeadm_config, all_docs=True)
+    _kubelet_config(root, ports.kubelet_healthz)
     if has_api:
         for conf in ("admin.conf", "super-admin.conf", "kubelet.conf", "controller-manager.conf", "scheduler.conf"):
             path = root / "etc/kubernetes" / conf
@@ -218,6 +226,22 @@ def prepare_node(root: PathLike, *, ports: Optional[NodePorts] = None, etcd_serv
     return ports
 
 
+RUNTIME_SOCKETS = {"containerd": "/run/containerd/containerd.sock", "cri-o": "/var/run/crio/crio.sock",
+                   "cri-dockerd": "/var/run/cri-dockerd.sock", "docker": "/var/run/docker.sock"}
+
+
+def runtime_socket(root: PathLike, runtime: str = "containerd") -> Path:
+    """Put the runtime's socket in the node root (a socket inode nobody listens on): what runtime
+    detection looks for to tell containerd (crictl) from cri-dockerd (docker)."""
+    if runtime not in RUNTIME_SOCKETS:
+        raise S.FakeNodeError(f"unknown runtime {runtime!r} (have: {', '.join(RUNTIME_SOCKETS)})")
+    path = Path(root) / RUNTIME_SOCKETS[runtime].lstrip("/")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        os.mknod(path, stat.S_IFSOCK | 0o660)  # mknod, not bind: node roots in tmp_path outgrow sun_path
+    return path
+
+
 def lab_node(directory: PathLike, *lab_args: str) -> Tuple[Path, NodePorts]:
     """``kubecert lab create DIRECTORY --nodes 1 --key-type ecdsa LAB_ARGS`` (e.g. "--expires-in", "10m"
     or "--expired"), then :func:`prepare_node` on its master-1: (root, ports)."""
@@ -225,6 +249,25 @@ def lab_node(directory: PathLike, *lab_args: str) -> Tuple[Path, NodePorts]:
 
     root = lab_create(directory, "--key-type", "ecdsa", *lab_args)
     return root, prepare_node(root)
+
+
+def _kubelet_config(root: Path, healthz_port: int) -> None:
+    """var/lib/kubelet/config.yaml as kubeadm writes it (the parts a restart needs), or just the
+    healthz endpoint and a fast fileCheckFrequency set in the existing one."""
+    path = root / KUBELET_CONFIG
+    doc: Dict[str, Any] = {}
+    if path.is_file():
+        doc = dict(yaml.safe_load(path.read_text()) or {})
+    else:
+        doc = {"apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
+               "authentication": {"x509": {"clientCAFile": "/etc/kubernetes/pki/ca.crt"}},
+               "cgroupDriver": "systemd", "rotateCertificates": True,
+               "staticPodPath": "/etc/kubernetes/manifests"}
+    doc["healthzBindAddress"] = HOST
+    doc["healthzPort"] = healthz_port
+    doc["fileCheckFrequency"] = FILE_CHECK_FREQUENCY  # kubeadm's 20s would make tests wait
+    path.parent.mkdir(parents=True, exist_ok=True)
+    S.write_atomic(path, yaml.safe_dump(doc, sort_keys=False).encode(), 0o644)
 
 
 def read_ports(root: PathLike) -> NodePorts:
@@ -254,6 +297,9 @@ def read_ports(root: PathLike) -> NodePorts:
         cmd = command(name)
         if cmd is not None:
             found[key] = int(_flag(cmd, "secure-port") or default)
+    cfg_path = Path(root) / KUBELET_CONFIG
+    if cfg_path.is_file():
+        found["kubelet_healthz"] = int((yaml.safe_load(cfg_path.read_text()) or {}).get("healthzPort", 0) or 0)
     api = command("kube-apiserver")
     if api is not None and _flag(api, "advertise-address") != HOST:
         raise S.FakeNodeError(f"{mdir}/kube-apiserver.yaml: --advertise-address is not {HOST}: "
@@ -392,13 +438,35 @@ class FakeNode:
             return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False,
                                   env=self.env, input=input_text)
         except subprocess.TimeoutExpired as exc:
-            return subprocess.CompletedProcess(list(argv), 124, stdout=str(exc.stdout or ""),
+            partial = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+            return subprocess.CompletedProcess(list(argv), 124, stdout=partial,
                                                stderr=f"{argv[0]} timed out after {timeout:.0f}s")
 
     def define_unit(self, name: str, command: Sequence[str], env: Optional[Dict[str, str]] = None,
                     **options: Any) -> Path:
         """A systemd-like unit for ``systemctl``/``service`` (see units.py); not started."""
         return U.define(self.state, name, list(command), env, **options)
+
+    def install_unit_file(self, name: str, *, sysv: bool = False) -> Path:
+        """What service-manager detection looks for in the node root: a systemd unit file
+        ``etc/systemd/system/<name>.service`` (or, ``sysv``, an ``etc/init.d/<name>`` script)
+        describing the fake unit ``name``. The stand-ins do not read it; the unit JSON rules."""
+        doc = U.load(self.state, name)
+        command = " ".join(str(c) for c in doc["command"])
+        if sysv:
+            path = self.root / "etc/init.d" / U.unit_name(name)
+            text = f"#!/bin/sh\n# fake SysV script for {name} (tests/fakenode): service {name} start|stop|restart\n" \
+                   f"# DAEMON={command}\nexit 0\n"
+            mode = 0o755
+        else:
+            path = self.root / "etc/systemd/system" / f"{U.unit_name(name)}.service"
+            text = (f"[Unit]\nDescription={doc.get('description', name)}\n\n[Service]\nExecStart={command}\n"
+                    f"KillSignal={doc.get('kill_signal', 'SIGTERM')}\nRestart=always\n\n"
+                    "[Install]\nWantedBy=multi-user.target\n")
+            mode = 0o644
+        path.parent.mkdir(parents=True, exist_ok=True)
+        S.write_atomic(path, text.encode(), mode)
+        return path
 
     def unit_pid(self, name: str) -> Optional[int]:
         mp = U.main_process(self.state, name)
@@ -438,7 +506,8 @@ class FakeNode:
         """(HTTP status, body) of a component's health endpoint, as an operator would check it;
         (0, error) if it could not be asked. etcd: /health with the healthcheck-client cert;
         kube-apiserver: /readyz with apiserver-kubelet-client (a client cert of the cluster CA);
-        controller-manager/scheduler: /healthz, no client cert, self-signed server cert."""
+        controller-manager/scheduler: /healthz, no client cert, self-signed server cert; kubelet
+        (the fake kubelet itself): plain-HTTP /healthz on kubelet_healthz."""
         try:
             if component == "etcd":
                 return self._get(self.ports.etcd_client, path or "/health", self.pki("etcd/ca.crt"),
@@ -446,6 +515,14 @@ class FakeNode:
             if component == "kube-apiserver":
                 return self._get(self.ports.apiserver, path or "/readyz", self.pki("ca.crt"),
                                  self.pki("apiserver-kubelet-client.crt"), self.pki("apiserver-kubelet-client.key"))
+            if component == "kubelet":
+                conn = http.client.HTTPConnection(HOST, self.ports.kubelet_healthz, timeout=3)
+                try:
+                    conn.request("GET", path or "/healthz")
+                    resp = conn.getresponse()
+                    return resp.status, resp.read().decode(errors="replace")
+                finally:
+                    conn.close()
             return self._get(self.ports.of(component), path or "/healthz", None, None, None)
         except (OSError, ssl.SSLError, http.client.HTTPException) as exc:
             return 0, f"{type(exc).__name__}: {exc}"
@@ -493,19 +570,22 @@ class FakeNode:
     # ----------------------------------------------------------------------------------- waiting
 
     def _components(self) -> List[str]:
-        present = []
-        for name in COMPONENTS:
-            if (_manifests(self.root) / f"{name}.yaml").is_file():
-                present.append(name)
-        return present
+        """Static pods whose manifest is present."""
+        return [name for name in COMPONENTS if (_manifests(self.root) / f"{name}.yaml").is_file()]
 
     def wait_ready(self, timeout: float = READY_TIMEOUT, components: Optional[Sequence[str]] = None) -> None:
-        """Until every component (default: each whose manifest is present) runs and is healthy."""
-        wanted = list(components) if components is not None else self._components()
+        """Until every component (default: each static pod whose manifest is present, and the
+        kubelet's healthz when the node has one) runs and is healthy."""
+        wanted = list(components) if components is not None else \
+            self._components() + (["kubelet"] if self.ports.kubelet_healthz else [])
         deadline = time.monotonic() + timeout
         pending = list(wanted)
+
+        def running(c: str) -> bool:
+            return self.supervisor_pid is not None if c == "kubelet" else self.container(c) is not None
+
         while True:
-            pending = [c for c in pending if not (self.container(c) is not None and self.healthy(c))]
+            pending = [c for c in pending if not (running(c) and self.healthy(c))]
             if not pending:
                 return
             if time.monotonic() > deadline:
@@ -575,13 +655,17 @@ def _state_dir(tmp_path: Path) -> Path:
 
 @contextlib.contextmanager
 def running_node(root: PathLike, tmp_path: PathLike, *, wait_ready: bool = True, timeout: float = READY_TIMEOUT,
-                 tools: Sequence[str] = TOOLS, file_check_frequency: float = 0.2) -> Iterator[FakeNode]:
+                 tools: Sequence[str] = TOOLS, file_check_frequency: Optional[float] = None,
+                 owner_pid: Optional[int] = None) -> Iterator[FakeNode]:
     """Run a prepared node (see :func:`prepare_node`) under the fake kubelet for the ``with`` block.
 
     Starts the supervisor as unit ``kubelet``; with ``wait_ready`` returns once every component
     whose manifest is present runs and is healthy (etcd /health, apiserver /readyz, ...), else once
     each has a running container (an expired cluster is never healthy). ``tools`` picks which
-    stand-ins are on node.env's PATH. On exit, whatever happened, every process is stopped.
+    stand-ins are on node.env's PATH; ``file_check_frequency`` overrides the node's kubelet config
+    (200ms after prepare_node). The supervisor watches ``owner_pid`` (default: this process): if the
+    test run dies without tearing down, the supervisor stops everything itself. On exit, whatever
+    happened, every process is stopped.
     """
     root = Path(root).resolve()
     ports = read_ports(root)
@@ -594,9 +678,12 @@ def running_node(root: PathLike, tmp_path: PathLike, *, wait_ready: bool = True,
         (bin_dir / tool).symlink_to(BIN_DIR / tool)
     env = S.clean_env(**{S.STATE_ENV: str(state)})
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', U.SYSTEMD_PATH)}"
-    U.define(state, "kubelet", [sys.executable, str(KUBELET_PY), "--root", str(root), "--state", str(state),
-                                "--file-check-frequency", str(file_check_frequency)],
-             {"PYTHONUNBUFFERED": "1"}, kill_signal="SIGUSR1", description="fake kubelet (tests/fakenode)")
+    command = [sys.executable, str(KUBELET_PY), "--root", str(root), "--state", str(state),
+               "--owner-pid", f"{owner_pid or os.getpid()}:{S.start_time(owner_pid or os.getpid())}"]
+    if file_check_frequency is not None:
+        command += ["--file-check-frequency", str(file_check_frequency)]
+    U.define(state, "kubelet", command, {"PYTHONUNBUFFERED": "1"}, kill_signal="SIGUSR1",
+             description="fake kubelet (tests/fakenode)")
     node = FakeNode(root, state, ports, env, bin_dir)
     try:
         U.start(state, "kubelet")

@@ -1,8 +1,15 @@
 """The fake kubelet: runs a node root's static pod manifests as REAL processes, as the kubelet does.
 
-    python tests/fakenode/kubelet.py --root NODE_ROOT --state STATE_DIR [--file-check-frequency 0.5]
+    python tests/fakenode/kubelet.py --root NODE_ROOT --state STATE_DIR [--file-check-frequency SECONDS]
+                                     [--owner-pid PID[:STARTTIME]]
 
-Every ``--file-check-frequency`` seconds it reads ``NODE_ROOT/etc/kubernetes/manifests`` (every
+``NODE_ROOT/var/lib/kubelet/config.yaml`` (KubeletConfiguration), when present, gives
+``staticPodPath``, ``fileCheckFrequency`` (the flag wins; default 0.5 s) and the plain-HTTP
+``/healthz`` endpoint (``healthzBindAddress``:``healthzPort``, 0 = off) the supervisor serves, as
+the kubelet does; without it no healthz is served (never the shared default port 10248).
+
+Every file-check period it reads the static pod directory (default
+``NODE_ROOT/etc/kubernetes/manifests``; every
 regular file not starting with a dot, as the kubelet does: a ``etcd.yaml.bak`` left *inside* the
 directory is a pod too; the first file naming a pod wins; the pod's UID hashes its content, the node
 and the file's path, so an edit or a rename replaces the pod and a ``touch`` does not) and every
@@ -25,6 +32,9 @@ Knobs: ``STATE_DIR/fail-start/<container>`` makes each start exit at once;
 ``STATE_DIR/stale/<container>`` makes it start with the certificate files it FIRST started with
 (copied to STATE_DIR/snapshots/ on the first start): "restarted, still serving the old cert".
 
+``--owner-pid``: once that process (the test run) is gone, stop every container and every other
+unit of STATE_DIR, then exit — no orphans even if pytest itself is killed.
+
 SIGTERM or SIGINT: stop every container, then exit. SIGUSR1: exit and leave the containers
 running, as a restarted kubelet does; the next supervisor on the same STATE_DIR adopts them
 (checked by pid and process start time) instead of restarting them.
@@ -34,25 +44,29 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import http.server
 import json
 import os
 import platform
+import re
 import secrets
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for `fakenode` when run as a script
 
 import yaml  # noqa: E402
 
 from fakenode import state as S  # noqa: E402
+from fakenode import units as U  # noqa: E402
 
 TICK = 0.2
 BACKOFF = 0.3
@@ -92,8 +106,48 @@ def etcd_binary() -> str:
     return os.environ.get("KUBECERT_FAKE_ETCD") or shutil.which("etcd") or "/usr/bin/etcd"
 
 
+KUBELET_CONFIG = "var/lib/kubelet/config.yaml"
+_DURATION = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """A Go duration as KubeletConfiguration writes them ("20s", "200ms", "1m30s"), in seconds."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", text)
+    if not parts or "".join(n + u for n, u in parts) != text.strip():
+        raise ValueError(f"not a duration: {text!r}")
+    return sum(float(n) * _DURATION[u] for n, u in parts)
+
+
+def kubelet_config(root: Path) -> Dict[str, Any]:
+    """NODE_ROOT/var/lib/kubelet/config.yaml (the KubeletConfiguration kubeadm writes), {} if absent."""
+    try:
+        doc = yaml.safe_load((root / KUBELET_CONFIG).read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return dict(doc) if isinstance(doc, dict) else {}
+
+
 def log(msg: str) -> None:
     print(f"{S.rfc3339(S.utcnow())} kubelet: {msg}", flush=True)
+
+
+class _Healthz(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        ok = self.path.split("?")[0] == "/healthz"
+        body = b"ok" if ok else b"404 page not found\n"
+        self.send_response(200 if ok else 404)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (signature of the base class)
+        pass
+
+
+class _HealthzServer(http.server.ThreadingHTTPServer):
+    allow_reuse_address = True  # a restarted kubelet binds its port again at once
+    daemon_threads = True
 
 
 @dataclass(frozen=True)
@@ -122,11 +176,15 @@ class Pod:
 
 
 class Supervisor:
-    def __init__(self, root: Path, state: Path, file_check_frequency: float) -> None:
+    def __init__(self, root: Path, state: Path, file_check_frequency: float, config: Dict[str, Any],
+                 owner: Optional[Tuple[int, int]] = None) -> None:
         self.root = root
         self.state = state
         self.frequency = file_check_frequency
-        self.manifests_dir = root / "etc/kubernetes/manifests"
+        self.config = config
+        self.owner = owner
+        static = str(config.get("staticPodPath") or "/etc/kubernetes/manifests")
+        self.manifests_dir = root / static.lstrip("/")
         self.node = self._node_name()
         self.pods: Dict[str, Pod] = {}
         self.records: Dict[str, S.Record] = {}
@@ -460,10 +518,48 @@ class Supervisor:
 
     # ----------------------------------------------------------------------------------- main loop
 
+    def serve_healthz(self) -> None:
+        """The kubelet's plain-HTTP /healthz on healthzBindAddress:healthzPort of config.yaml (0: off;
+        no config.yaml: off too, rather than the real default 10248, which tests would share)."""
+        if not self.config:
+            log(f"no {KUBELET_CONFIG}: healthz not served")
+            return
+        port = int(self.config.get("healthzPort", 10248) or 0)
+        host = str(self.config.get("healthzBindAddress") or "127.0.0.1")
+        if port == 0:
+            return
+
+        try:
+            server = _HealthzServer((host, port), _Healthz)
+        except OSError as exc:
+            log(f"cannot serve healthz on {host}:{port}: {exc}")
+            return
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
+        log(f"healthz on http://{host}:{port}/healthz")
+
+    def _owner_gone(self) -> bool:
+        return self.owner is not None and not S.alive(*self.owner)
+
+    def _stop_units(self) -> None:
+        """Stop every other unit of this node (the test that owned them is gone)."""
+        for path in sorted((self.state / "units").glob("*.json")):
+            mp = U.main_process(self.state, path.stem)
+            if mp is not None and mp.pid != os.getpid():
+                try:
+                    U.stop(self.state, path.stem)
+                except S.FakeNodeError as exc:
+                    log(f"cannot stop unit {path.stem}: {exc}")
+
     def run(self) -> int:
         self.adopt()
+        self.serve_healthz()
         next_scan = 0.0
         while self.shutdown is None:
+            if self._owner_gone():
+                log(f"owner process {self.owner[0] if self.owner else '?'} is gone: stopping everything")
+                self._stop_units()
+                self.shutdown = "stop"
+                break
             try:
                 now = time.monotonic()
                 if now >= next_scan:
@@ -512,21 +608,36 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--root", required=True, type=Path, help="the node's root file system")
     ap.add_argument("--state", required=True, type=Path, help="the fake node's state directory")
-    ap.add_argument("--file-check-frequency", type=float, default=0.5,
-                    help="seconds between reads of the manifests directory (kubelet's fileCheckFrequency)")
+    ap.add_argument("--file-check-frequency", type=float, default=None,
+                    help="seconds between reads of the manifests directory (default: fileCheckFrequency of "
+                         f"NODE_ROOT/{KUBELET_CONFIG}, else 0.5)")
+    ap.add_argument("--owner-pid", default=None, metavar="PID[:STARTTIME]",
+                    help="stop every container and unit, then exit, once this process is gone (the test run)")
     args = ap.parse_args(argv)
     root, state = args.root.resolve(), args.state.resolve()
     if not (root / "etc/kubernetes").is_dir():
         ap.error(f"{root}/etc/kubernetes is missing: is --root a node root?")
     state.mkdir(parents=True, exist_ok=True)
-    sup = Supervisor(root, state, max(0.05, args.file_check_frequency))
+    config = kubelet_config(root)
+    frequency = args.file_check_frequency
+    if frequency is None:
+        try:
+            frequency = parse_duration(str(config["fileCheckFrequency"])) if "fileCheckFrequency" in config else 0.5
+        except ValueError as exc:
+            ap.error(f"{root}/{KUBELET_CONFIG}: fileCheckFrequency: {exc}")
+    owner = None
+    if args.owner_pid:
+        pid, _, started = args.owner_pid.partition(":")
+        owner = (int(pid), int(started) if started else S.start_time(int(pid)))
+    sup = Supervisor(root, state, max(0.05, frequency), config, owner)
 
     def on_signal(signum: int, _frame: Any) -> None:
         sup.shutdown = "detach" if signum == signal.SIGUSR1 else "stop"
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
         signal.signal(sig, on_signal)
-    log(f"supervising {root} (node {sup.node}) with state in {state}, pid {os.getpid()}")
+    log(f"supervising {sup.manifests_dir} (node {sup.node}) every {sup.frequency:g}s with state in {state}, "
+        f"pid {os.getpid()}")
     return sup.run()
 
 
