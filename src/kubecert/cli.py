@@ -217,7 +217,8 @@ def _print_plan(p: Any, console: Any) -> None:
 def _console() -> Any:
     from rich.console import Console
 
-    return Console(width=200 if not sys.stdout.isatty() else None, highlight=False, soft_wrap=False)
+    # piped or logged output never wraps: one line per row, easy to grep
+    return Console(width=1000 if not sys.stdout.isatty() else None, highlight=False, soft_wrap=False)
 
 
 def runtime_options(fn: F) -> F:

@@ -78,7 +78,7 @@ def restart_in_order(verifier: Verifier, choices: Dict[str, Choice], components:
     steps: List[Step] = []
     for c in ordered(components):
         choice = choices[c]
-        progress(c, f"restarting via {choice.adapter.name}")
+        progress(c, f"restarting via {choice.adapter.describe()}")
         r = choice.adapter.restart(c, timeouts.restart)
         gate: Optional[GateResult] = None
         if r.ok:
