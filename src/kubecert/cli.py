@@ -191,27 +191,33 @@ def _fmt_serial(n: Optional[int]) -> str:
 
 
 def _print_plan(p: Any, console: Any) -> None:
-    from rich.table import Table
+    # the same plain column layout as `check` (no rich import on this path: renew stays fast)
+    from .report.text import tabwrite
 
-    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
-    for col in ("NAME", "ACTION", "SERIAL old -> new", "NOT AFTER old -> new (UTC)", "KEY", "NOTE"):
-        table.add_column(col, overflow="fold")
+    lines = ["NAME\tACTION\tSERIAL old -> new\tNOT AFTER old -> new (UTC)\tKEY\tNOTE"]
     for i in p.items:
         if i.action == "skip":
-            table.add_row(i.name, "skip", "", "", "", i.reason)
+            lines.append(f"{i.name}\tskip\t\t\t\t{i.reason}")
             continue
         note = "; ".join(i.differences) if i.differences else "subject, SANs, usages unchanged"
         if i.capped:
             note += "; NotAfter capped at the CA's"
         if i.reason:
             note = f"{i.reason}; {note}"
-        table.add_row(i.name, "renew", f"{_fmt_serial(i.old_serial)} -> {_fmt_serial(i.new_serial)}",
-                      f"{_fmt_time(i.old_not_after)} -> {_fmt_time(i.new_not_after)}", i.key, note)
+        lines.append(f"{i.name}\trenew\t{_fmt_serial(i.old_serial)} -> {_fmt_serial(i.new_serial)}\t"
+                     f"{_fmt_time(i.old_not_after)} -> {_fmt_time(i.new_not_after)}\t{i.key}\t{note}")
     console.print(f"Plan for {p.root} (profile {p.profile.name}), now {_fmt_time(p.now)} UTC, "
                   f"NotAfter = now + {p.days}d:")
-    console.print(table)
+    console.print(tabwrite(lines, minwidth=4, padding=2).rstrip("\n"))
     for w in p.warnings:
         console.print(f"warning: {w}")
+
+
+class _Plain:
+    """click.echo behind the one method the renew path uses (rich only where tables need it)."""
+
+    def print(self, text: str = "") -> None:
+        click.echo(text)
 
 
 def _console() -> Any:
@@ -336,13 +342,13 @@ def renew(names: tuple[str, ...], root: str, days: int, key_mode: str, key_type:
     """
     now = parse_now(now_text)
     from . import renew as R
-    from .node.restart import recover_node
+    from .recovery import recover_node
     from .store import LocalFS
     from .store.txn import LOCK
 
     fs = LocalFS(root)
     profile = spec.parse_profile(profile_text) if profile_text else None
-    console = _console()
+    console: Any = _console() if restart else _Plain()
     selected = list(names) or ["all"]
     kwargs = dict(days=days, key_mode=key_mode, key_type=key_type, profile=profile,
                   update_user_kubeconfigs=update_user_kubeconfigs)
@@ -572,7 +578,7 @@ def rollback(backup_id: Optional[str], root: str, yes: bool, now_text: Optional[
 @_handle_errors
 def recover(root: str, now_text: Optional[str]) -> None:
     """Finish a change that was interrupted (crash, kill -9, power loss): the tree ends all-old."""
-    from .node.restart import recover_node
+    from .recovery import recover_node
     from .store import LocalFS
     from .store.txn import LOCK
 

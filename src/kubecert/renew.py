@@ -108,6 +108,16 @@ class _Ctx:
     cas: Dict[str, _CA] = field(default_factory=dict)
     warnings: List[str] = field(default_factory=list)
     writes: List[Write] = field(default_factory=list)
+    spare_keys: Dict[str, List[x509ops.PrivateKey]] = field(default_factory=dict)
+
+    def new_key(self, key_type: str) -> x509ops.PrivateKey:
+        spare = self.spare_keys.get(key_type)
+        return spare.pop() if spare else x509ops.generate_key(key_type)
+
+    def prefetch_keys(self, key_type: str, count: int) -> None:
+        """Make the keys a renewal will need up front, in parallel (see x509ops.generate_keys)."""
+        if count > 0:
+            self.spare_keys.setdefault(key_type, []).extend(x509ops.generate_keys(key_type, count))
 
 
 def _mode_of(fs: NodeFS, path: str, default: int) -> Tuple[int, Optional[int], Optional[int]]:
@@ -173,7 +183,7 @@ def _new_cert(ctx: _Ctx, e: spec.Entry, old: x509.Certificate, old_key: Optional
         key, key_new = old_key, False
     else:
         key_type = ctx.key_type or x509ops.key_description(old.public_key())  # type: ignore[arg-type]
-        key, key_new = x509ops.generate_key(key_type), True
+        key, key_new = ctx.new_key(key_type), True
     not_before = ctx.now - BACKDATE
     not_after = ctx.now + dt.timedelta(days=ctx.days)
     capped = False
@@ -212,7 +222,7 @@ def _plan_kubelet_serving(ctx: _Ctx, e: spec.Entry, explicit: bool) -> PlanItem:
             raise PKIError(f"{ctx.fs.display(kpath)}: does not match {shown}; use --key new")
         key_new = False
     else:
-        key = x509ops.generate_key(ctx.key_type or x509ops.key_description(old.public_key()))  # type: ignore[arg-type]
+        key = ctx.new_key(ctx.key_type or x509ops.key_description(old.public_key()))  # type: ignore[arg-type]
         key_new = True
     new = x509ops.reissue(old, key.public_key(), None, key, (ctx.now - BACKDATE).replace(microsecond=0),
                           (ctx.now + dt.timedelta(days=ctx.days)).replace(microsecond=0))
@@ -226,6 +236,19 @@ def _plan_kubelet_serving(ctx: _Ctx, e: spec.Entry, explicit: bool) -> PlanItem:
                     new_not_after=x509ops.not_after(new), new_fingerprint=x509ops.fingerprint(new),
                     key=f"{'new' if key_new else 'reused'} {x509ops.key_description(key)}",
                     differences=_differences(old, new), components=e.components)
+
+
+def _likely_key_type(ctx: _Ctx) -> str:
+    """The key type most leafs will keep: the apiserver's (or any leaf's) on this node."""
+    for name in ("apiserver", "etcd-server", "apiserver-etcd-client"):
+        path = ctx.layout.cert(spec.entry(name))
+        if ctx.fs.exists(path):
+            try:
+                cert = x509ops.load_cert(ctx.fs.read(path), path)
+                return x509ops.key_description(cert.public_key())  # type: ignore[arg-type]
+            except KubecertError:
+                continue
+    return "rsa-2048"
 
 
 def _not_after_of(ctx: _Ctx, path: str) -> Optional[dt.datetime]:
@@ -428,6 +451,10 @@ def plan(fs: NodeFS, names: Sequence[str], *, now: dt.datetime, days: int = 365,
     targets = on_node if "all" in names or not names else []
     targets = list(dict.fromkeys(targets + explicit))
     _load_cas(ctx, profile.names if profile.names else spec.CA_NAMES)
+    # the kubelet's own certs are usually left to its rotation: their keys are made only if needed
+    likely = [t for t in targets if t in explicit or t not in ("kubelet.conf", "kubelet-server")]
+    if key_mode == "new" and likely:
+        ctx.prefetch_keys(key_type or _likely_key_type(ctx), len(likely))
     items: List[PlanItem] = []
     renewed_kc: Dict[str, _Renewed] = {}
     for name in targets:

@@ -205,6 +205,59 @@ def generate_key(key_type: str = "rsa-2048") -> PrivateKey:
     raise PKIError(f"unknown key type {key_type!r}; choose one of {', '.join(KEY_TYPES)}")
 
 
+def generate_keys(key_type: str, count: int) -> List[PrivateKey]:
+    """``count`` new keys, made on two cores when that pays (RSA generation dominates a renewal).
+
+    Half are made in a forked child and handed back through a pipe (never a file). Only forks from a
+    single-threaded process (a fork with other threads running could inherit a held lock)."""
+    import os
+    import threading
+
+    if count < 4 or not key_type.startswith("rsa-") or (os.cpu_count() or 1) < 2 \
+            or threading.active_count() != 1 or not hasattr(os, "fork"):
+        return [generate_key(key_type) for _ in range(count)]
+    theirs = count // 2
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: generate, send DER, leave without running any cleanup of the parent's
+        try:
+            os.close(r)
+            for _ in range(theirs):
+                der = generate_key(key_type).private_bytes(serialization.Encoding.DER,
+                                                           serialization.PrivateFormat.PKCS8,
+                                                           serialization.NoEncryption())
+                data = len(der).to_bytes(4, "big") + der
+                while data:
+                    data = data[os.write(w, data):]
+            os.close(w)
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        mine = [generate_key(key_type) for _ in range(count - theirs)]
+        chunks = []
+        while True:
+            chunk = os.read(r, 1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+    buf = b"".join(chunks)
+    keys: List[PrivateKey] = []
+    i = 0
+    while i + 4 <= len(buf):
+        n = int.from_bytes(buf[i:i + 4], "big")
+        key = serialization.load_der_private_key(buf[i + 4:i + 4 + n], None, unsafe_skip_rsa_key_validation=True)
+        assert isinstance(key, rsa.RSAPrivateKey)
+        keys.append(key)
+        i += 4 + n
+    # a child that died early just means fewer keys: make the rest here
+    keys += [generate_key(key_type) for _ in range(theirs - len(keys))]
+    return mine + keys
+
+
 def key_pem(key: PrivateKey) -> bytes:
     """PEM as kubeadm writes it: PKCS#1 ``RSA PRIVATE KEY`` / SEC1 ``EC PRIVATE KEY``."""
     fmt = (serialization.PrivateFormat.PKCS8 if isinstance(key, ed25519.Ed25519PrivateKey)

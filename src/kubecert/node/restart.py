@@ -15,9 +15,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from .. import renew as R
 from .. import spec
 from ..errors import KubecertError
+from ..recovery import recover_node
 from ..store import NodeFS
-from ..store.txn import LOCK, Backup, Fault, recover
-from .runtime import Choice, Options, RestartResult, choose, restore_parked
+from ..store.txn import LOCK, Backup, Fault
+from .runtime import Choice, Options, RestartResult, choose
 from .verify import Check, GateResult, Verifier
 
 DEFAULT_GATE_TIMEOUT = 120.0
@@ -118,15 +119,6 @@ class Outcome:
         if self.rolled_back and self.after_rollback is not None and self.after_rollback.ok:
             return 4
         return 5
-
-
-def recover_node(fs: NodeFS, now: dt.datetime) -> Optional[str]:
-    """Finish an interrupted file change and put back manifests a crashed restart left parked."""
-    notes = [n for n in (recover(fs, now),) if n]
-    parked = restore_parked(fs)
-    if parked:
-        notes.append(f"put back parked manifest(s): {', '.join(parked)}")
-    return "; ".join(notes) or None
 
 
 def renew_restart(fs: NodeFS, names: Sequence[str], *, now: dt.datetime, options: Optional[Options] = None,

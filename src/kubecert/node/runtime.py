@@ -16,7 +16,6 @@ here prints.
 from __future__ import annotations
 
 import abc
-import posixpath
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -29,9 +28,8 @@ from .. import spec
 from ..errors import ConfigError, KubecertError
 from ..facts import NodeFacts
 from ..store import NodeFS
-from ..store.txn import STATE_DIR
+from .parked import PARKED_DIR
 
-PARKED_DIR = STATE_DIR + "/parked-manifests"
 STATIC_POD_COMPONENTS = (spec.ETCD, spec.APISERVER, spec.CONTROLLER_MANAGER, spec.SCHEDULER)
 DEFAULT_FILE_CHECK_FREQUENCY = 20.0  # the kubelet's default fileCheckFrequency, seconds
 
@@ -373,17 +371,3 @@ def choose(fs: NodeFS, facts: NodeFacts, components: Sequence[str],
             raise ConfigError(f"{c}: {why}; pass --service-manager systemd|sysv or --restart-command")
         out[c] = Choice(c, ServiceAdapter(kind, unit, why))
     return out
-
-
-def restore_parked(fs: NodeFS) -> List[str]:
-    """Put back manifests a crashed restart left parked (called by recover)."""
-    restored = []
-    for name in fs.listdir(PARKED_DIR):
-        if name.endswith(".yaml"):
-            target = posixpath.join(L.MANIFESTS_DIR, name)
-            if not fs.exists(target):
-                fs.rename(f"{PARKED_DIR}/{name}", target)
-                restored.append(target)
-            else:
-                fs.remove(f"{PARKED_DIR}/{name}")
-    return restored
