@@ -74,7 +74,8 @@ class RestartResult:
 
 
 def run(argv: Sequence[str], timeout: float, shell: bool = False) -> CommandResult:
-    """Run one external command with a timeout; never raises for the command's own failure."""
+    """Run one external command on this machine with a timeout; never raises for the command's own
+    failure. The default :data:`Runner`; an SSH transport provides another."""
     start = time.monotonic()
     try:
         p = subprocess.run(list(argv) if not shell else argv[0], shell=shell, capture_output=True, text=True,
@@ -88,11 +89,15 @@ def run(argv: Sequence[str], timeout: float, shell: bool = False) -> CommandResu
         return CommandResult(tuple(argv), 127, "", f"cannot run: {exc.strerror or exc}", time.monotonic() - start)
 
 
+Runner = Callable[[Sequence[str], float, bool], CommandResult]
+
+
 class Adapter(abc.ABC):
-    """Restarts components of one kind."""
+    """Restarts components of one kind, running its commands through ``runner``."""
 
     name: str
     reason: str
+    runner: Runner = staticmethod(run)
 
     @abc.abstractmethod
     def restart(self, component: str, timeout: float) -> RestartResult: ...
@@ -103,10 +108,11 @@ class Adapter(abc.ABC):
 
 @dataclass
 class _Log:
+    runner: Runner
     commands: List[CommandResult] = field(default_factory=list)
 
     def run(self, argv: Sequence[str], timeout: float, shell: bool = False) -> CommandResult:
-        r = run(argv, timeout, shell)
+        r = self.runner(argv, timeout, shell)
         self.commands.append(r)
         return r
 
@@ -152,7 +158,7 @@ class CRIAdapter(Adapter):
             time.sleep(self.poll)
 
     def restart(self, component: str, timeout: float) -> RestartResult:
-        log = _Log()
+        log = _Log(self.runner)
         start = time.monotonic()
         deadline = start + timeout
 
@@ -216,7 +222,7 @@ class ServiceAdapter(Adapter):
         self.poll = poll
 
     def restart(self, component: str, timeout: float) -> RestartResult:
-        log = _Log()
+        log = _Log(self.runner)
         start = time.monotonic()
         if self.kind == "systemd":
             r = log.run(["systemctl", "restart", self.unit], timeout)
@@ -247,7 +253,7 @@ class CommandAdapter(Adapter):
         self.reason = reason
 
     def restart(self, component: str, timeout: float) -> RestartResult:
-        log = _Log()
+        log = _Log(self.runner)
         start = time.monotonic()
         r = log.run([self.command], timeout, shell=True)
         return RestartResult(component, self.name, r.returncode == 0,
@@ -344,9 +350,18 @@ def file_check_frequency(fs: NodeFS) -> float:
 
 
 def choose(fs: NodeFS, facts: NodeFacts, components: Sequence[str],
-           options: Optional[Options] = None) -> Dict[str, Choice]:
-    """The adapter for each component, with the reason it was chosen. Raises when one has none."""
+           options: Optional[Options] = None, runner: Optional[Runner] = None) -> Dict[str, Choice]:
+    """The adapter for each component, with the reason it was chosen. Raises when one has none.
+    ``runner`` runs the adapters' commands (default: on this machine)."""
     options = options or Options()
+    out = _choose(fs, facts, components, options)
+    if runner is not None:
+        for choice in out.values():
+            choice.adapter.runner = runner
+    return out
+
+
+def _choose(fs: NodeFS, facts: NodeFacts, components: Sequence[str], options: Options) -> Dict[str, Choice]:
     out: Dict[str, Choice] = {}
     cri, cri_reason = (options.cri, f"forced: {options.cri}") if options.cri else detect_cri(fs, facts)
     fcf = options.file_check_frequency or file_check_frequency(fs)
