@@ -127,7 +127,10 @@ def _mode_of(fs: NodeFS, path: str, default: int) -> Tuple[int, Optional[int], O
     return info.mode, info.uid, info.gid
 
 
-def _load_cas(ctx: _Ctx, names: Sequence[str]) -> None:
+Signers = Dict[str, Tuple[x509.Certificate, x509ops.PrivateKey]]  # CA name -> (cert, key), in memory only
+
+
+def _load_cas(ctx: _Ctx, names: Sequence[str], signers: Optional[Signers] = None) -> None:
     for name in spec.CA_NAMES:
         if name not in names:
             continue
@@ -137,7 +140,15 @@ def _load_cas(ctx: _Ctx, names: Sequence[str]) -> None:
             continue
         cert = x509ops.load_cert(ctx.fs.read(cpath), ctx.fs.display(cpath))
         key = None
-        if ctx.fs.exists(kpath):
+        signer = (signers or {}).get(name)
+        if not ctx.fs.exists(kpath) and signer is not None:
+            # cluster mode: the key of the same CA, read from the node that keeps it
+            if x509ops.fingerprint(signer[0]) == x509ops.fingerprint(cert):
+                key = signer[1]
+            else:
+                ctx.warnings.append(f"{name}: this node's {ctx.fs.display(cpath)} is not the CA whose key "
+                                    "kubecert holds; its leafs are left alone")
+        elif ctx.fs.exists(kpath):
             # no OpenSSL consistency check (slow); a bad key is caught when each new cert is verified
             key = x509ops.load_key(ctx.fs.read(kpath), ctx.fs.display(kpath))
             if not x509ops.key_matches_cert(cert, key):
@@ -432,7 +443,7 @@ def _plan_user_kubeconfigs(ctx: _Ctx, renewed: Dict[str, _Renewed]) -> List[Plan
 
 def plan(fs: NodeFS, names: Sequence[str], *, now: dt.datetime, days: int = 365, key_mode: str = "new",
          key_type: Optional[str] = None, profile: Optional[spec.Profile] = None,
-         update_user_kubeconfigs: bool = False) -> Plan:
+         update_user_kubeconfigs: bool = False, signers: Optional[Signers] = None) -> Plan:
     """Everything that renewal would write, computed in memory; reads the node, writes nothing."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
@@ -450,7 +461,7 @@ def plan(fs: NodeFS, names: Sequence[str], *, now: dt.datetime, days: int = 365,
             raise KubecertError(f"{n}: not a renewable certificate (choose from {', '.join(spec.RENEWABLE)})")
     targets = on_node if "all" in names or not names else []
     targets = list(dict.fromkeys(targets + explicit))
-    _load_cas(ctx, profile.names if profile.names else spec.CA_NAMES)
+    _load_cas(ctx, profile.names if profile.names else spec.CA_NAMES, signers)
     # the kubelet's own certs are usually left to its rotation: their keys are made only if needed
     likely = [t for t in targets if t in explicit or t not in ("kubelet.conf", "kubelet-server")]
     if key_mode == "new" and likely:

@@ -18,7 +18,7 @@ from ..errors import KubecertError
 from ..recovery import recover_node
 from ..store import NodeFS
 from ..store.txn import LOCK, Backup, Fault
-from .runtime import Choice, Options, RestartResult, choose
+from .runtime import Choice, Options, RestartResult, Runner, choose
 from .verify import Check, GateResult, Verifier
 
 DEFAULT_GATE_TIMEOUT = 120.0
@@ -123,7 +123,8 @@ class Outcome:
 
 def renew_restart(fs: NodeFS, names: Sequence[str], *, now: dt.datetime, options: Optional[Options] = None,
                   timeouts: Optional[Timeouts] = None, rollback: bool = True, progress: Progress = _no_progress,
-                  fault: Optional[Fault] = None, **plan_kwargs: object) -> Outcome:
+                  fault: Optional[Fault] = None, runner: Optional[Runner] = None,
+                  **plan_kwargs: object) -> Outcome:
     """The one command: plan, back up, renew, restart with gates, roll back on failure."""
     options = options or Options()
     timeouts = timeouts or Timeouts()
@@ -133,7 +134,7 @@ def renew_restart(fs: NodeFS, names: Sequence[str], *, now: dt.datetime, options
         verifier = Verifier(fs)
         components = [c for c in p.components if _runs_here(fs, c, verifier)]
         # choose adapters before touching anything: a node we cannot restart is refused unchanged
-        choices = choose(fs, verifier.facts, components, options)
+        choices = choose(fs, verifier.facts, components, options, runner)
         if not p.writes:
             return Outcome(p, None, Sequence_(()), recovered=recovered)
         backup = R.apply(fs, p, fault=fault)
