@@ -84,7 +84,7 @@ def restart_in_order(verifier: Verifier, choices: Dict[str, Choice], components:
         gate: Optional[GateResult] = None
         if r.ok:
             progress(c, "waiting for health")
-            if c in verifier.endpoints:
+            if c in verifier.endpoints and (verifier.gated is None or c in verifier.gated):
                 gate = verifier.gate(c, timeouts.gate(c))
             else:  # e.g. the kubelet with healthz disabled: the restart result is all there is
                 gate = GateResult(c, True, (Check(c, "health", "-", True, "no health endpoint on this node; "
@@ -124,6 +124,7 @@ class Outcome:
 def renew_restart(fs: NodeFS, names: Sequence[str], *, now: dt.datetime, options: Optional[Options] = None,
                   timeouts: Optional[Timeouts] = None, rollback: bool = True, progress: Progress = _no_progress,
                   fault: Optional[Fault] = None, runner: Optional[Runner] = None,
+                  verifier_factory: Optional[Callable[[NodeFS], Verifier]] = None,
                   **plan_kwargs: object) -> Outcome:
     """The one command: plan, back up, renew, restart with gates, roll back on failure."""
     options = options or Options()
@@ -131,7 +132,7 @@ def renew_restart(fs: NodeFS, names: Sequence[str], *, now: dt.datetime, options
     with fs.lock(LOCK):
         recovered = recover_node(fs, now)
         p = R.plan(fs, names, now=now, **plan_kwargs)  # type: ignore[arg-type]
-        verifier = Verifier(fs)
+        verifier = verifier_factory(fs) if verifier_factory else Verifier(fs)
         components = [c for c in p.components if _runs_here(fs, c, verifier)]
         # choose adapters before touching anything: a node we cannot restart is refused unchanged
         choices = choose(fs, verifier.facts, components, options, runner)

@@ -43,14 +43,26 @@ class GateResult:
     attempts: int
 
 
+def _at(ep: Endpoint, address: str) -> Endpoint:
+    if ep.host in ("127.0.0.1", "localhost", "::1"):
+        return Endpoint(ep.component, ep.scheme, address, ep.port, ep.path, f"{ep.source} (at {address})")
+    return ep
+
+
 class Verifier:
     """Probes one node's components using the node's own files."""
 
-    def __init__(self, fs: NodeFS, facts: Optional[NodeFacts] = None, timeout: float = 5.0) -> None:
+    def __init__(self, fs: NodeFS, facts: Optional[NodeFacts] = None, timeout: float = 5.0,
+                 address: Optional[str] = None, gated: Optional[Sequence[str]] = None) -> None:
+        """``address``: probe a remote node there instead of its loopback addresses. ``gated``:
+        the components whose gate probes the network (the others rely on their restart result)."""
         self.fs = fs
         self.facts = facts or gather(fs)
         self.layout = L.Layout(self.facts.pki_dir)
         self.endpoints: Dict[str, Endpoint] = discover(fs, self.facts)
+        if address:
+            self.endpoints = {c: _at(ep, address) for c, ep in self.endpoints.items()}
+        self.gated = tuple(gated) if gated is not None else None
         self.timeout = timeout
 
     @property
