@@ -110,8 +110,8 @@ def _gather_node(h: Any, connect: Connect, now: dt.datetime, want_members: bool)
                 except KubecertError:
                     pass
         members = None
-        if want_members and spec.ETCD_HOST in report.profile.roles or report.profile.name == spec.STACKED:
-            members = _member_names(fs, h.address) if want_members else None
+        if want_members and (spec.ETCD_HOST in report.profile.roles or report.profile.name == spec.STACKED):
+            members = _member_names(fs, h.address)
         return NodeData(h.name, h.address, h.role, report, servers, members, None, time.monotonic() - start)
     except KubecertError as exc:
         return NodeData(h.name, h.address, h.role, error=str(exc), seconds=time.monotonic() - start)
@@ -139,7 +139,7 @@ def cluster_check(hosts: Sequence[Any], connect: Connect, *, now: dt.datetime, w
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(workers, len(hosts)))) as ex:
         futures = [ex.submit(_gather_node, h, connect, now, members) for h in hosts]
         nodes = tuple(f.result() for f in futures)
-    return ClusterReport(now, nodes, tuple(cross_audit(hosts, nodes)))
+    return ClusterReport(now, nodes, tuple(cross_audit(hosts, nodes, members)))
 
 
 def _majority(values: Dict[str, str]) -> Optional[str]:
@@ -149,7 +149,7 @@ def _majority(values: Dict[str, str]) -> Optional[str]:
     return max(counts, key=lambda v: counts[v]) if counts else None
 
 
-def cross_audit(hosts: Sequence[Any], nodes: Sequence[NodeData]) -> List[Finding]:
+def cross_audit(hosts: Sequence[Any], nodes: Sequence[NodeData], members_checked: bool = True) -> List[Finding]:
     out: List[Finding] = []
     ok = [n for n in nodes if n.report is not None]
     for n in nodes:
@@ -225,9 +225,12 @@ def cross_audit(hosts: Sequence[Any], nodes: Sequence[NodeData]) -> List[Finding
                 peers = [k for k, v in present.items() if missing in v]
                 out.append(Finding(ERROR, "missing-on-node", name, "", f"{missing} is missing here but present "
                                    f"on {', '.join(peers)}", f"restore {missing} (see kubecert check on {name})"))
-    # the etcd member list matches the inventory
-    expected = sorted(h.name for h in hosts if is_etcd_member(h))
-    seen = next((n.members for n in ok if n.members), None)
+    # the etcd member list matches the inventory (etcd hosts, and control planes running stacked etcd)
+    if not members_checked:
+        return out
+    stacked = {n.name for n in ok if n.report and n.report.profile.name == spec.STACKED}
+    expected = sorted(h.name for h in hosts if is_etcd_member(h) or h.name in stacked)
+    seen = next((n.members for n in nodes if n.members), None)
     if expected and seen is not None and sorted(seen) != expected:
         out.append(Finding(ERROR, "etcd-members", "", "", f"etcd members {seen} differ from the inventory's "
                            f"etcd hosts {expected}", "fix the inventory, or remove/add the member (etcdctl member)"))
