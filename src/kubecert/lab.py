@@ -130,7 +130,19 @@ def create(directory: str, lab: LabSpec, *, now: dt.datetime) -> LabResult:
     for n in c.masters:
         fs = LocalFS(n.root, must_exist=False)
         _write_master(c, fs, n, stacked, etcd_client)
+    _write_inventory(directory, c)
     return LabResult(directory, tuple(c.etcd_nodes + c.masters), created, c.leaf_not_after)
+
+
+def _write_inventory(directory: str, c: _Cluster) -> None:
+    """DIR/inventory.yaml: the lab as a kubecert inventory, node roots as `root` (for --local)."""
+    hosts = [{"name": n.name, "address": "127.0.0.1", "role": "etcd" if n.role == "etcd" else "control-plane",
+              "root": n.root} for n in c.etcd_nodes + c.masters]
+    doc = {"kind": "KubecertInventory", "hosts": hosts}
+    text = ("# kubecert lab inventory: try `kubecert cluster check -i THIS --local`\n"
+            "# (on real nodes: address = the node's IP, root = /)\n" + yaml.safe_dump(doc, sort_keys=False))
+    with open(os.path.join(directory, "inventory.yaml"), "w") as fh:
+        fh.write(text)
 
 
 # ---------------------------------------------------------------------------------------------
