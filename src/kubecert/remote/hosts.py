@@ -1,0 +1,837 @@
+"""The cluster inventory: which hosts to reach over SSH, as whom, and what each one is.
+
+Reads kubecert's own YAML inventory and the Ansible inventories operators already keep (INI or YAML,
+with kubespray's group names recognised by default). Pure parsing: nothing here touches the network.
+
+Ansible semantics followed: ranges in host names (``node[01:03]``, ``[a:c]``, ``[1:9:2]``), groups
+nested with ``children``, variable precedence host > group (deeper group over its parents, then
+``ansible_group_priority``, then name) > ``all``, the address defaulting to the inventory hostname,
+and ``{{ var }}`` references to plain variables (anything richer in Jinja is refused, not guessed).
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+import shlex
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
+
+import yaml
+
+from ..errors import ConfigError
+
+CONTROL_PLANE = "control-plane"
+ETCD = "etcd"
+ROLES = (CONTROL_PLANE, ETCD)
+
+# Ansible group names recognised by default (kubespray + common)
+CP_GROUPS = ("kube_control_plane", "control_plane", "masters", "kube-master", "kube_master")
+ETCD_GROUPS = ("etcd",)
+
+KIND = "KubecertInventory"
+
+
+@dataclass(frozen=True)
+class Host:
+    """One node to reach: where, as whom, and its part in the cluster."""
+
+    name: str
+    address: str
+    role: str  # "control-plane" | "etcd"
+    user: str = "root"
+    port: int = 22
+    key: Optional[str] = None  # private key file (expanded ~)
+    jump: Optional[str] = None  # "[user@]host[:port]"
+    sudo: bool = False
+    root: str = "/"  # the node's file-system root on that host (path prefix, absolute)
+    etcd_member: bool = False  # runs an etcd member: every etcd host, and control planes in the etcd group
+
+
+def load_inventory(path: str, *, cp_group: Optional[str] = None, etcd_group: Optional[str] = None) -> List[Host]:
+    """Read a kubecert or Ansible (INI or YAML) inventory: etcd-only hosts first, then control planes, in file order.
+
+    ``cp_group`` / ``etcd_group`` name the Ansible groups; by default the first of :data:`CP_GROUPS`
+    that has hosts, and ``etcd`` if present (no etcd group: etcd is stacked, nothing extra to reach).
+    Raises :class:`ConfigError` naming the file, and the line and host where there is one.
+    """
+    src = _Src(path)
+    text = _read(path)
+    if _INI_SECTION.search(text):
+        inv = _parse_ini(text, src)
+    else:
+        data, doc = _load_yaml(text, src)
+        if data is None:
+            raise src.error("empty inventory: no hosts")
+        if isinstance(data, str):  # bare host lines: an INI inventory without sections
+            inv = _parse_ini(text, src)
+        elif not isinstance(data, dict):
+            raise src.error("not an inventory: expected a kubecert `hosts:` list, Ansible groups (YAML) "
+                            "or [group] sections (INI)", doc.line_of(data) or 1)
+        elif _is_kubecert(data):
+            if cp_group is not None or etcd_group is not None:
+                raise src.error("--cp-group/--etcd-group apply to Ansible inventories; this kubecert inventory "
+                                "gives each host's role")
+            return _order(_kubecert_hosts(data, doc, src))
+        else:
+            inv = _parse_ansible_yaml(data, doc, src)
+    return _order(_ansible_hosts(inv, src, cp_group, etcd_group))
+
+
+def _order(hosts: Sequence[Host]) -> List[Host]:
+    # sorted() is stable: file order within each role
+    return sorted(hosts, key=lambda h: 0 if h.role == ETCD else 1)
+
+
+# ---------------------------------------------------------------------------------------- errors
+
+
+@dataclass(frozen=True)
+class _Src:
+    path: str
+
+    def error(self, msg: str, line: Optional[int] = None) -> ConfigError:
+        where = f"{self.path}:{line}" if line else self.path
+        return ConfigError(f"{where}: {msg}".replace("\n", " "))
+
+
+@dataclass(frozen=True)
+class _Where:
+    """Where a value came from, so an error can point at it."""
+
+    src: _Src
+    line: Optional[int]
+    host: Optional[str] = None
+
+    def error(self, msg: str) -> ConfigError:
+        return self.src.error(f"host {self.host}: {msg}" if self.host else msg, self.line)
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8-sig") as f:  # a BOM would hide the first [group]
+            return f.read()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such inventory file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not an inventory file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (neither YAML nor an Ansible INI inventory)") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the inventory: {e.strerror}") from None
+
+
+# ---------------------------------------------------------------------------------------- YAML with lines
+
+
+class _LineLoader(yaml.SafeLoader):
+    """A SafeLoader that remembers the line of every mapping and of each of its keys."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.map_lines: Dict[int, int] = {}
+        self.key_lines: Dict[int, Dict[str, int]] = {}
+
+
+def _construct_map(loader: _LineLoader, node: yaml.MappingNode) -> Iterator[Dict[Any, Any]]:
+    gen = loader.construct_yaml_map(node)
+    data = next(gen)
+    loader.map_lines[id(data)] = node.start_mark.line + 1
+    loader.key_lines[id(data)] = {
+        str(k.value): k.start_mark.line + 1 for k, _ in node.value if isinstance(k, yaml.ScalarNode)
+    }
+    yield data
+    for _ in gen:  # fills data
+        pass
+
+
+_LineLoader.add_constructor("tag:yaml.org,2002:map", _construct_map)
+
+
+@dataclass
+class _Doc:
+    """Line numbers of a loaded YAML document (by object identity: the document must stay alive)."""
+
+    map_lines: Dict[int, int] = field(default_factory=dict)
+    key_lines: Dict[int, Dict[str, int]] = field(default_factory=dict)
+
+    def line_of(self, obj: object) -> Optional[int]:
+        return self.map_lines.get(id(obj))
+
+    def key_line(self, mapping: object, key: object) -> Optional[int]:
+        return self.key_lines.get(id(mapping), {}).get(str(key)) or self.line_of(mapping)
+
+
+def _load_yaml(text: str, src: _Src) -> Tuple[Any, _Doc]:
+    loader = _LineLoader(text)
+    try:
+        data = loader.get_single_data()
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        context, context_mark = getattr(e, "context", None), getattr(e, "context_mark", None)
+        if context_mark is not None and (mark is None or mark.index >= len(text.rstrip())):
+            mark = context_mark  # an unclosed bracket is reported at the end of the file: point at its start
+        problem = getattr(e, "problem", None) or str(e)
+        raise src.error(f"neither YAML nor an Ansible INI inventory (YAML: {context + ': ' if context else ''}{problem})",
+                        mark.line + 1 if mark is not None else None) from None
+    finally:
+        loader.dispose()
+    return data, _Doc(loader.map_lines, loader.key_lines)
+
+
+# ---------------------------------------------------------------------------------------- field values
+
+
+def _text(value: object, what: str, w: _Where) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise w.error(f"{what} must be a non-empty string, not {value!r}")
+    value = value.strip()
+    if any(c.isspace() for c in value):
+        raise w.error(f"{what} {value!r} contains whitespace")
+    return value
+
+
+def _port(value: object, what: str, w: _Where) -> int:
+    if isinstance(value, bool):
+        raise w.error(f"bad {what} {value!r}: not a port number (1-65535)")
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if not isinstance(value, int) or not 1 <= value <= 65535:
+        raise w.error(f"bad {what} {value!r}: not a port number (1-65535)")
+    return value
+
+
+_TRUE = {"true", "yes", "on", "1", "y"}
+_FALSE = {"false", "no", "off", "0", "n"}
+
+
+def _bool(value: object, what: str, w: _Where) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise w.error(f"{what} must be true or false, not {value!r}")
+
+
+def _key(value: object, what: str, w: _Where) -> Optional[str]:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise w.error(f"{what} must be a file name, not {value!r}")
+    return os.path.expanduser(value.strip())
+
+
+def _root(value: object, what: str, w: _Where) -> str:
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise w.error(f"{what} {value!r} is not an absolute path")
+    root = posixpath.normpath(value)
+    return "/" + root.lstrip("/")  # normpath keeps a leading "//"
+
+
+_JUMP = re.compile(r"(?:(?P<user>[^@\s/:]+)@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[^@\s:/\[\]]+)(?::(?P<port>\d+))?")
+
+
+def _jump(value: object, what: str, w: _Where) -> Optional[str]:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise w.error(f"{what} {value!r} is not [user@]host[:port]")
+    jump = value.strip()
+    if jump.lower() == "none":
+        return None
+    if "," in jump:
+        raise w.error(f"{what} {value!r} chains several jump hosts; kubecert takes one [user@]host[:port]")
+    if jump.startswith("ssh://"):
+        jump = jump[len("ssh://"):]
+    m = _JUMP.fullmatch(jump)
+    if m is None:
+        raise w.error(f"{what} {value!r} is not [user@]host[:port]")
+    if m.group("port") is not None:
+        _port(m.group("port"), f"{what} port", w)
+    return jump
+
+
+# ---------------------------------------------------------------------------------------- kubecert format
+
+_TOP_KEYS = ("kind", "defaults", "hosts")
+_FIELDS = ("user", "port", "key", "jump", "sudo", "root")
+_HOST_KEYS = ("name", "address", "role", *_FIELDS, "etcd_member")
+
+
+def _is_kubecert(data: Dict[Any, Any]) -> bool:
+    return "kind" in data or isinstance(data.get("hosts"), list)
+
+
+def _kubecert_hosts(data: Dict[Any, Any], doc: _Doc, src: _Src) -> List[Host]:
+    if data.get("kind", KIND) != KIND:
+        raise src.error(f"kind {data['kind']!r} is not {KIND}", doc.key_line(data, "kind"))
+    for k in data:
+        if k not in _TOP_KEYS:
+            raise src.error(f"unknown key {k!r} in a kubecert inventory (kind, defaults, hosts)", doc.key_line(data, k))
+    defaults = data.get("defaults")
+    if defaults is None:
+        defaults = {}
+    if not isinstance(defaults, dict):
+        raise src.error("defaults must be a mapping", doc.key_line(data, "defaults"))
+    for k in defaults:
+        if k not in _FIELDS:
+            raise src.error(f"unknown key {k!r} in defaults ({', '.join(_FIELDS)})", doc.key_line(defaults, k))
+    entries = data.get("hosts")
+    if not isinstance(entries, list):
+        raise src.error("hosts must be a list of {name, address, role, ...}", doc.key_line(data, "hosts"))
+    if not entries:
+        raise src.error("no hosts: the hosts list is empty", doc.key_line(data, "hosts"))
+
+    hosts: List[Host] = []
+    seen: Dict[str, Optional[int]] = {}
+    for i, entry in enumerate(entries):
+        line = doc.line_of(entry) or doc.key_line(data, "hosts")
+        if not isinstance(entry, dict):
+            raise src.error(f"hosts[{i}] must be a mapping with name, address and role, not {entry!r}", line)
+        for k in entry:
+            if k not in _HOST_KEYS:
+                raise src.error(f"hosts[{i}]: unknown key {k!r} ({', '.join(_HOST_KEYS)})", doc.key_line(entry, k))
+        if "name" not in entry:
+            raise src.error(f"hosts[{i}] has no name", line)
+        name = _text(entry["name"], "name", _Where(src, doc.key_line(entry, "name"), f"#{i}"))
+
+        def where(key: str, _entry: Dict[Any, Any] = entry, _name: str = name, _line: Optional[int] = line) -> _Where:
+            at = doc.key_line(_entry, key) if key in _entry else doc.key_line(defaults, key) if key in defaults else _line
+            return _Where(src, at, _name)
+
+        if name in seen:
+            raise where("name").error(f"duplicate host name (first at line {seen[name]})")
+        seen[name] = line
+        if entry.get("address") is None:
+            raise _Where(src, line, name).error("no address")
+        address = _text(entry["address"], "address", where("address"))
+        role = entry.get("role")
+        if role is None:
+            raise _Where(src, line, name).error("no role (control-plane or etcd)")
+        if role not in ROLES:
+            raise where("role").error(f"unknown role {role!r} (control-plane or etcd)")
+        merged = {**defaults, **entry}
+        etcd_member = _bool(merged.get("etcd_member", role == ETCD), "etcd_member", where("etcd_member"))
+        if role == ETCD and not etcd_member:
+            raise where("etcd_member").error("an etcd host is always an etcd member")
+        hosts.append(Host(
+            name=name,
+            address=address,
+            role=role,
+            user=_text(merged.get("user", "root"), "user", where("user")),
+            port=_port(merged.get("port", 22), "port", where("port")),
+            key=_key(merged.get("key"), "key", where("key")),
+            jump=_jump(merged.get("jump"), "jump", where("jump")),
+            sudo=_bool(merged.get("sudo", False), "sudo", where("sudo")),
+            root=_root(merged.get("root", "/"), "root", where("root")),
+            etcd_member=etcd_member,
+        ))
+    return hosts
+
+
+# ---------------------------------------------------------------------------------------- Ansible model
+
+
+class _Var(NamedTuple):
+    value: object
+    line: Optional[int]
+
+
+@dataclass
+class _Group:
+    name: str
+    line: Optional[int]
+    hosts: List[str] = field(default_factory=list)  # direct members
+    children: List[str] = field(default_factory=list)
+    vars: Dict[str, _Var] = field(default_factory=dict)
+
+
+@dataclass
+class _Inventory:
+    groups: Dict[str, _Group] = field(default_factory=dict)
+    host_vars: Dict[str, Dict[str, _Var]] = field(default_factory=dict)  # insertion order = file order
+    host_lines: Dict[str, Optional[int]] = field(default_factory=dict)
+
+    def group(self, name: str, line: Optional[int]) -> _Group:
+        if name not in self.groups:
+            self.groups[name] = _Group(name, line)
+        return self.groups[name]
+
+    def add_host(self, group: str, host: str, line: Optional[int], hvars: Dict[str, _Var]) -> None:
+        g = self.group(group, line)
+        if host not in g.hosts:
+            g.hosts.append(host)
+        self.host_lines.setdefault(host, line)
+        self.host_vars.setdefault(host, {}).update(hvars)
+
+    def add_child(self, parent: str, child: str, line: Optional[int]) -> None:
+        p = self.group(parent, line)
+        self.group(child, line)
+        if child not in p.children:
+            p.children.append(child)
+
+
+_RANGE = re.compile(r"\[([^\[\]]*)\]")
+_MAX_EXPANSION = 100_000
+
+
+def _expand(pattern: str, w: _Where) -> List[str]:
+    """Ansible host ranges: ``node[01:03]`` (zero-padded), ``master-[1:3]``, ``[a:c]``, ``[1:9:2]``."""
+    m = _RANGE.search(pattern)
+    if m is None:
+        if "[" in pattern or "]" in pattern:
+            raise w.error(f"unbalanced brackets in host pattern {pattern!r}")
+        return [pattern]
+    head, spec, tail = pattern[:m.start()], m.group(1), pattern[m.end():]
+    bad = f"bad host range [{spec}] in {pattern!r} (expected [start:end] or [start:end:step])"
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or "[" in head or "]" in head:
+        raise w.error(bad)
+    beg, end = parts[0] or "0", parts[1]
+    step = parts[2] if len(parts) == 3 else "1"
+    if not step.isdigit() or int(step) < 1:
+        raise w.error(bad)
+    values: List[str]
+    if beg.isdigit() and end.isdigit():
+        width = len(beg) if beg.startswith("0") and len(beg) > 1 else 0
+        if width and len(end) != width:
+            raise w.error(f"host range [{spec}] in {pattern!r}: a zero-padded start needs an end of the same width")
+        lo, hi = int(beg), int(end)
+        values = [str(i).zfill(width) for i in range(lo, hi + 1, int(step))]
+    elif len(beg) == 1 and len(end) == 1 and beg.isascii() and beg.isalpha() and end.isascii() and end.isalpha():
+        lo, hi = ord(beg), ord(end)
+        values = [chr(c) for c in range(lo, hi + 1, int(step))]
+    else:
+        raise w.error(bad)
+    if lo > hi:
+        raise w.error(f"host range [{spec}] in {pattern!r} ends before it starts")
+    tails = _expand(tail, w)
+    if len(values) * len(tails) > _MAX_EXPANSION:
+        raise w.error(f"host pattern {pattern!r} expands to more than {_MAX_EXPANSION} hosts")
+    return [head + v + t for v in values for t in tails]
+
+
+def _split_port(pattern: str) -> Tuple[str, Optional[str]]:
+    """``host:2222`` -> (host, "2222"); ranges and bare IPv6 addresses keep their colons."""
+    m = re.fullmatch(r"(.+):(\d+)", pattern)
+    if m and not any(c in _RANGE.sub("", m.group(1)) for c in ":[]"):
+        return m.group(1), m.group(2)
+    return pattern, None
+
+
+def _host_pattern(pattern: str, line: Optional[int], src: _Src) -> Tuple[List[str], Dict[str, _Var]]:
+    name, port = _split_port(pattern)
+    names = _expand(name, _Where(src, line))
+    return names, ({"ansible_port": _Var(port, line)} if port is not None else {})
+
+
+# ---------------------------------------------------------------------------------------- Ansible INI
+
+_INI_SECTION = re.compile(r"^\[[^\[\]\s]+\][ \t]*(?:[#;].*)?$", re.M)
+_SECTION = re.compile(r"\[([^\[\]\s]+)\]\s*(?:[#;].*)?")
+_GROUP_NAME = re.compile(r"[^\s\[\]:=#;]+")
+
+
+def _strip_comment(value: str) -> str:
+    """Cut an inline ``#``/``;`` comment that follows whitespace outside quotes."""
+    quote = ""
+    for i, c in enumerate(value):
+        if quote:
+            if c == quote:
+                quote = ""
+        elif c in "'\"":
+            quote = c
+        elif c in "#;" and (i == 0 or value[i - 1].isspace()):
+            return value[:i].rstrip()
+    return value
+
+
+def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return value[1:-1]
+    return value
+
+
+def _parse_ini(text: str, src: _Src) -> _Inventory:
+    inv = _Inventory()
+    inv.group("all", None)
+    group, kind = "ungrouped", "hosts"
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("["):
+            m = _SECTION.fullmatch(line)
+            if m is None:
+                raise src.error(f"bad section header {line!r}", lineno)
+            group, _, kind = m.group(1).partition(":")
+            kind = kind or "hosts"
+            if kind not in ("hosts", "vars", "children") or not _GROUP_NAME.fullmatch(group):
+                raise src.error(f"bad section [{m.group(1)}] (expected [group], [group:vars] or [group:children])",
+                                lineno)
+            inv.group(group, lineno)
+            continue
+        if kind == "hosts":
+            try:
+                tokens = shlex.split(line, comments=True)
+            except ValueError as e:
+                raise src.error(f"cannot parse host line ({e})", lineno) from None
+            if not tokens:
+                continue
+            names, hvars = _host_pattern(tokens[0], lineno, src)
+            for token in tokens[1:]:
+                k, eq, v = token.partition("=")
+                if not eq or not k:
+                    raise src.error(f"expected key=value after host {tokens[0]!r}, got {token!r}", lineno)
+                hvars[k] = _Var(v, lineno)
+            for name in names:
+                inv.add_host(group, name, lineno, hvars)
+        elif kind == "vars":
+            k, eq, v = line.partition("=")
+            if not eq or not k.strip():
+                raise src.error(f"expected key=value in [{group}:vars], got {line!r}", lineno)
+            inv.group(group, lineno).vars[k.strip()] = _Var(_unquote(_strip_comment(v.strip())), lineno)
+        else:
+            child = _strip_comment(line)
+            if not _GROUP_NAME.fullmatch(child):
+                raise src.error(f"expected a group name in [{group}:children], got {line!r}", lineno)
+            inv.add_child(group, child, lineno)
+    return inv
+
+
+# ---------------------------------------------------------------------------------------- Ansible YAML
+
+_GROUP_KEYS = ("hosts", "vars", "children")
+
+
+def _parse_ansible_yaml(data: Dict[Any, Any], doc: _Doc, src: _Src) -> _Inventory:
+    inv = _Inventory()
+    inv.group("all", None)
+    for name, body in data.items():
+        line = doc.key_line(data, name)
+        if body is not None and not isinstance(body, dict):
+            raise src.error(f"not an inventory: top-level {name!r} is neither a kubecert `hosts:` list "
+                            "nor an Ansible group", line)
+        _yaml_group(inv, str(name), body, line, None, doc, src)
+    return inv
+
+
+def _yaml_vars(mapping: object, what: str, line: Optional[int], doc: _Doc, src: _Src) -> Dict[str, _Var]:
+    if mapping is None:
+        return {}
+    if not isinstance(mapping, dict):
+        raise src.error(f"{what} must be a mapping of variables, not {mapping!r}", line)
+    return {str(k): _Var(v, doc.key_line(mapping, k)) for k, v in mapping.items()}
+
+
+def _yaml_group(inv: _Inventory, name: str, body: object, line: Optional[int], parent: Optional[str],
+                doc: _Doc, src: _Src) -> None:
+    inv.group(name, line)
+    if parent is not None:
+        inv.add_child(parent, name, line)
+    if body is None:
+        return
+    if not isinstance(body, dict):
+        raise src.error(f"group {name}: expected a mapping of hosts, vars and children, not {body!r}", line)
+    for k in body:
+        if k not in _GROUP_KEYS:
+            raise src.error(f"group {name}: unexpected key {k!r} (hosts, vars or children)", doc.key_line(body, k))
+    hosts = body.get("hosts")
+    if hosts is not None:
+        if not isinstance(hosts, dict):
+            raise src.error(f"group {name}: hosts must be a mapping of host names, not {hosts!r}",
+                            doc.key_line(body, "hosts"))
+        for pattern, hvars in hosts.items():
+            hline = doc.key_line(hosts, pattern)
+            names, port = _host_pattern(str(pattern), hline, src)
+            own = _yaml_vars(hvars, f"host {pattern}", hline, doc, src)
+            for host in names:
+                inv.add_host(name, host, hline, {**port, **own})
+    inv.group(name, line).vars.update(_yaml_vars(body.get("vars"), f"group {name}: vars",
+                                                 doc.key_line(body, "vars"), doc, src))
+    children = body.get("children")
+    if children is not None:
+        if not isinstance(children, dict):
+            raise src.error(f"group {name}: children must be a mapping of groups, not {children!r}",
+                            doc.key_line(body, "children"))
+        for child, child_body in children.items():
+            _yaml_group(inv, str(child), child_body, doc.key_line(children, child), name, doc, src)
+
+
+# ---------------------------------------------------------------------------------------- Ansible -> hosts
+
+
+class _Tree:
+    """Group relations of an inventory: parents, depth from ``all``, hosts below a group."""
+
+    def __init__(self, inv: _Inventory, src: _Src) -> None:
+        self.inv = inv
+        self.parents: Dict[str, List[str]] = {g: [] for g in inv.groups}
+        for group in inv.groups.values():
+            for c in group.children:
+                self.parents[c].append(group.name)
+        for name, ps in self.parents.items():
+            if name != "all" and not ps:
+                ps.append("all")
+        self.depth: Dict[str, int] = {}
+        for name in inv.groups:
+            self._depth(name, [], src)
+
+    def _depth(self, group: str, path: List[str], src: _Src) -> int:
+        if group in path:
+            cycle = " -> ".join([*path[path.index(group):], group][::-1])
+            raise src.error(f"group cycle: {cycle}", self.inv.groups[group].line)
+        if group not in self.depth:
+            ps = self.parents[group]
+            self.depth[group] = 1 + max(self._depth(p, [*path, group], src) for p in ps) if ps else 0
+        return self.depth[group]
+
+    def hosts(self, group: str) -> List[str]:
+        """Every host in ``group`` or below it, in file order."""
+        found: Set[str] = set()
+        todo, seen = [group], set()
+        while todo:
+            g = todo.pop()
+            if g not in seen:
+                seen.add(g)
+                found.update(self.inv.groups[g].hosts)
+                todo.extend(self.inv.groups[g].children)
+        return [h for h in self.inv.host_vars if h in found]
+
+    def groups_of(self, host: str) -> List[str]:
+        """Every group ``host`` belongs to, directly or through children, plus ``all``."""
+        direct = [g.name for g in self.inv.groups.values() if host in g.hosts]
+        todo, seen = [*direct, "all"], set()
+        while todo:
+            g = todo.pop()
+            if g not in seen:
+                seen.add(g)
+                todo.extend(self.parents[g])
+        return list(seen)
+
+
+def _priority(group: _Group, src: _Src) -> int:
+    var = group.vars.get("ansible_group_priority")
+    if var is None:
+        return 1
+    if isinstance(var.value, int) and not isinstance(var.value, bool):
+        return var.value
+    if isinstance(var.value, str) and re.fullmatch(r"-?\d+", var.value.strip()):
+        return int(var.value)
+    raise src.error(f"group {group.name}: ansible_group_priority {var.value!r} is not a number", var.line)
+
+
+def _host_vars(tree: _Tree, host: str, src: _Src) -> Dict[str, _Var]:
+    """Ansible's precedence: all < parent groups < child groups (then priority, name) < host."""
+    groups = [tree.inv.groups[g] for g in tree.groups_of(host)]
+    groups.sort(key=lambda g: (tree.depth[g.name], _priority(g, src), g.name))
+    merged: Dict[str, _Var] = {}
+    for g in groups:
+        merged.update(g.vars)
+    merged.update(tree.inv.host_vars[host])
+    return merged
+
+
+_JINJA_VAR = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+
+def _render(var: _Var, what: str, hvars: Dict[str, _Var], host: str, w: _Where) -> object:
+    """Substitute ``{{ name }}`` references to plain variables; refuse any other Jinja."""
+    value = var.value
+    for _ in range(10):
+        if not isinstance(value, str) or "{{" not in value and "{%" not in value:
+            return value
+        if _JINJA_VAR.fullmatch(value.strip()):  # a lone reference keeps the variable's type
+            ref = _JINJA_VAR.fullmatch(value.strip())
+            assert ref is not None
+            value = _lookup(ref.group(1), what, hvars, host, w)
+            continue
+
+        def sub(m: re.Match[str]) -> str:
+            return str(_lookup(m.group(1), what, hvars, host, w))
+
+        rendered = _JINJA_VAR.sub(sub, value)
+        if rendered == value:
+            raise w.error(f"{what} {var.value!r} is a Jinja expression kubecert does not evaluate; "
+                          "give the value literally")
+        value = rendered
+    raise w.error(f"{what} {var.value!r}: variables refer to each other in a loop")
+
+
+def _lookup(name: str, what: str, hvars: Dict[str, _Var], host: str, w: _Where) -> object:
+    if name == "inventory_hostname":
+        return host
+    if name == "inventory_hostname_short":
+        return host.split(".")[0]
+    if name not in hvars:
+        raise w.error(f"{what} refers to undefined variable {name!r}")
+    return hvars[name].value
+
+
+_SSH_OPTS_WITH_ARG = set("BbcDEeFIiJLlmOoPpQRSWw")
+
+
+def _ssh_words(words: Sequence[str]) -> Tuple[List[Tuple[str, str]], List[str]]:
+    """Split ssh arguments into (flag, value) options and positional arguments."""
+    opts: List[Tuple[str, str]] = []
+    args: List[str] = []
+    i = 0
+    while i < len(words):
+        word = words[i]
+        i += 1
+        if not word.startswith("-") or word == "-":
+            args.append(word)
+            continue
+        for j, flag in enumerate(word[1:], 1):
+            if flag in _SSH_OPTS_WITH_ARG:
+                value = word[j + 1:]
+                if not value and i < len(words):
+                    value, i = words[i], i + 1
+                opts.append((flag, value))
+                break
+            opts.append((flag, ""))
+    return opts, args
+
+
+def _ssh_option(value: str) -> Tuple[str, str]:
+    """``ProxyJump=x`` / ``ProxyJump x`` -> ("proxyjump", "x")."""
+    m = re.fullmatch(r"\s*([A-Za-z]+)\s*(?:=\s*|\s+)(.*)", value, re.S)
+    return (m.group(1).lower(), m.group(2).strip()) if m else (value.strip().lower(), "")
+
+
+def _jump_from_ssh_args(args: str, what: str, w: _Where) -> Optional[str]:
+    try:
+        words = shlex.split(args)
+    except ValueError as e:
+        raise w.error(f"cannot split {what} {args!r} ({e})") from None
+    opts, _ = _ssh_words(words)
+    for flag, value in opts:
+        if flag == "J":
+            return _jump(value, f"{what} -J", w)
+        if flag == "o":
+            key, val = _ssh_option(value)
+            if key == "proxyjump":
+                return _jump(val, f"{what} ProxyJump", w)
+            if key == "proxycommand":
+                return _jump_from_proxy_command(val, what, w)
+    return None
+
+
+def _jump_from_proxy_command(command: str, what: str, w: _Where) -> Optional[str]:
+    """``ssh -W %h:%p [-p port] [-l user] [user@]bastion`` is a jump host; any other command is refused."""
+    if command.strip().lower() == "none":
+        return None
+    refuse = w.error(f"{what} ProxyCommand {command!r} is not `ssh -W %h:%p [user@]host`; "
+                     "give the jump host as -o ProxyJump=[user@]host[:port]")
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        raise refuse from None
+    if not words or posixpath.basename(words[0]) != "ssh":
+        raise refuse
+    opts, args = _ssh_words(words[1:])
+    flags = dict(opts)
+    if "W" not in flags or "J" in flags or len(args) != 1:
+        raise refuse
+    user, port = flags.get("l"), flags.get("p")
+    for flag, value in opts:
+        if flag == "o":
+            key, val = _ssh_option(value)
+            if key == "user":
+                user = val
+            elif key == "port":
+                port = val
+            elif key in ("proxyjump", "proxycommand") and val.lower() != "none":
+                raise refuse
+    dest = args[0][len("ssh://"):] if args[0].startswith("ssh://") else args[0]
+    if user and "@" not in dest:
+        dest = f"{user}@{dest}"
+    if port and not re.search(r":\d+$", dest):
+        dest = f"{dest}:{port}"
+    return _jump(dest, f"{what} ProxyCommand", w)
+
+
+def _first(hvars: Dict[str, _Var], *names: str) -> Optional[Tuple[str, _Var]]:
+    for n in names:
+        if n in hvars:
+            return n, hvars[n]
+    return None
+
+
+def _ansible_host(name: str, role: str, etcd_member: bool, hvars: Dict[str, _Var], line: Optional[int],
+                  src: _Src) -> Host:
+    def get(*names: str, default: object = None) -> Tuple[object, str, _Where]:
+        found = _first(hvars, *names)
+        if found is None:
+            return default, names[0], _Where(src, line, name)
+        what, var = found
+        w = _Where(src, var.line or line, name)
+        return _render(var, what, hvars, name, w), what, w
+
+    address, a_what, a_w = get("ansible_host", "ansible_ssh_host", default=name)
+    user, u_what, u_w = get("ansible_user", "ansible_ssh_user", "ansible_ssh_user_name", default="root")
+    port, p_what, p_w = get("ansible_port", "ansible_ssh_port", default=22)
+    key, k_what, k_w = get("ansible_ssh_private_key_file", "ansible_private_key_file")
+    sudo, s_what, s_w = get("ansible_become", "ansible_sudo", default=False)
+    root, r_what, r_w = get("kubecert_root", default="/")
+    jump: Optional[str] = None
+    for var_name in ("ansible_ssh_common_args", "ansible_ssh_extra_args"):
+        args, what, w = get(var_name)
+        if args is not None and jump is None:
+            if not isinstance(args, str):
+                raise w.error(f"{what} must be a string, not {args!r}")
+            jump = _jump_from_ssh_args(args, what, w)
+    return Host(
+        name=name,
+        address=_text(address, a_what, a_w),
+        role=role,
+        user=_text(user, u_what, u_w),
+        port=_port(port, p_what, p_w),
+        key=_key(key, k_what, k_w),
+        jump=jump,
+        sudo=_bool(sudo, s_what, s_w),
+        root=_root(root, r_what, r_w),
+        etcd_member=etcd_member,
+    )
+
+
+def _real_groups(inv: _Inventory) -> str:
+    names = sorted(g for g in inv.groups if g not in ("all", "ungrouped"))
+    return ", ".join(names) if names else "none"
+
+
+def _ansible_hosts(inv: _Inventory, src: _Src, cp_group: Optional[str], etcd_group: Optional[str]) -> List[Host]:
+    tree = _Tree(inv, src)
+    for flag, named in (("--cp-group", cp_group), ("--etcd-group", etcd_group)):
+        if named is not None and named not in inv.groups:
+            raise src.error(f"no group {named!r} ({flag}); groups here: {_real_groups(inv)}")
+
+    if cp_group is not None:
+        cps = tree.hosts(cp_group)
+        if not cps:
+            raise src.error(f"no hosts in group {cp_group} (--cp-group)")
+    else:
+        cps = next((hs for hs in (tree.hosts(g) for g in CP_GROUPS if g in inv.groups) if hs), [])
+        if not cps:
+            raise src.error(f"no hosts in groups {'/'.join(CP_GROUPS)}; pass --cp-group (groups here: "
+                            f"{_real_groups(inv)})")
+
+    if etcd_group is not None:
+        etcd = tree.hosts(etcd_group)
+        if not etcd:
+            raise src.error(f"no hosts in group {etcd_group} (--etcd-group)")
+    else:
+        etcd = next((tree.hosts(g) for g in ETCD_GROUPS if g in inv.groups), [])
+
+    hosts: List[Host] = []
+    members = set(etcd)
+    for name in etcd:
+        if name not in cps:
+            hosts.append(_ansible_host(name, ETCD, True, _host_vars(tree, name, src), inv.host_lines[name], src))
+    for name in cps:
+        hosts.append(_ansible_host(name, CONTROL_PLANE, name in members, _host_vars(tree, name, src),
+                                   inv.host_lines[name], src))
+    return hosts
