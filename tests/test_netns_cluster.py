@@ -1,0 +1,249 @@
+"""`kubecert cluster` over real SSH against a cluster built from real parts (tests/netlab.py): three
+hosts in their own network namespaces, each with its own sshd and node root, ONE 3-member etcd with
+peer and client TLS across them. kubecert runs as an operator would, from a fourth namespace, as a
+separate process, with an inventory and a known_hosts file; a load generator writes and reads keys
+through the etcd client URLs throughout a rollout and counts failed requests.
+
+Run with ``-s`` to see the timings (setup, rollout, per node, requests).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, Iterator, List, Tuple
+
+import pytest
+
+from netlab import NAMES, PORTS, NetLab, file_fingerprint, lab_problem, netlab, tree_state
+
+pytestmark = pytest.mark.timeout(120)
+
+KUBECERT_STATE = "etc/kubernetes/.kubecert"  # backups, journal, audit log: kubecert's own records
+PROGRESS = re.compile(r"^\[\s*([\d.]+)s\] (\S+)\s+(\S+)\s+(.*)$")
+SUMMARY = re.compile(r"^(master-\d)\s+(done|skipped|failed|not-started)\s+([\d.]+)s\s+(.*)$")
+
+
+@pytest.fixture(scope="module")
+def namespaces_permitted() -> None:
+    why = lab_problem()
+    if why:
+        pytest.fail(f"the namespaced cluster tests cannot run here: {why}", pytrace=False)
+
+
+@pytest.fixture
+def net(namespaces_permitted: None, tmp_path: Path) -> Iterator[NetLab]:
+    with netlab(tmp_path) as lab:
+        print(f"\nsetup: {', '.join(f'{k} {v:.1f}s' for k, v in lab.timings.items())}")
+        yield lab
+
+
+def cluster(net: NetLab, command: str, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    return net.kubecert("cluster", command, "-i", str(net.inventory), "--known-hosts", str(net.known_hosts), *args,
+                        timeout=timeout)
+
+
+def out(r: subprocess.CompletedProcess[str]) -> str:
+    return f"exit {r.returncode}\n--- stdout ---\n{r.stdout[-6000:]}\n--- stderr ---\n{r.stderr[-3000:]}"
+
+
+def summary(r: subprocess.CompletedProcess[str]) -> Dict[str, Tuple[str, float, str]]:
+    """node -> (status, seconds, detail) from the table `cluster renew` ends with."""
+    rows = {}
+    for line in r.stdout.splitlines():
+        m = SUMMARY.match(line)
+        if m:
+            rows[m.group(1)] = (m.group(2), float(m.group(3)), m.group(4))
+    return rows
+
+
+def progress(r: subprocess.CompletedProcess[str]) -> List[Tuple[float, str, str, str]]:
+    return [(float(m.group(1)), m.group(2), m.group(3), m.group(4))
+            for m in map(PROGRESS.match, r.stdout.splitlines()) if m]
+
+
+def fingerprints(net: NetLab, node: str) -> Dict[str, str]:
+    h = net[node]
+    return {"etcd/server.crt": file_fingerprint(h.pki("etcd/server.crt")),
+            "apiserver.crt": file_fingerprint(h.pki("apiserver.crt"))}
+
+
+def served(net: NetLab, node: str) -> Dict[str, str]:
+    """What the node serves at its address, seen from the operator's namespace."""
+    return {"etcd/server.crt": net.served_fingerprint(node, PORTS.etcd_client),
+            "apiserver.crt": net.served_fingerprint(node, PORTS.apiserver)}
+
+
+def ssh_fingerprint(public_key: str) -> str:
+    """OpenSSH's SHA256:... fingerprint of ``ssh-ed25519 AAAA...``."""
+    blob = base64.b64decode(public_key.split()[1])
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
+# ------------------------------------------------------------------------------------------------ rollout
+
+
+def test_rolling_renewal_over_ssh_with_zero_failed_requests(net: NetLab) -> None:
+    check = cluster(net, "check", "-o", "json")
+    assert check.returncode == 2, out(check)  # the lab's leaves expire in 10 minutes: critical
+    data = json.loads(check.stdout)
+    assert [(n["name"], n["error"]) for n in data["nodes"]] == [(n, None) for n in NAMES], out(check)
+    assert data["findings"] == [], out(check)  # same CAs, etcd certs per node, member list = inventory
+    old = {n: fingerprints(net, n) for n in NAMES}
+    assert {n: served(net, n) for n in NAMES} == old
+    state = net.dir / "rollout-state.json"
+
+    with net.load() as load:
+        time.sleep(0.5)
+        before = load.ok
+        start = time.monotonic()
+        r = cluster(net, "renew", "--yes", "--gate-timeout", "40", "--state", str(state), timeout=100)
+        took = time.monotonic() - start
+        time.sleep(0.5)
+    rows = summary(r)
+    print(f"rollout: exit {r.returncode} in {took:.1f}s; per node "
+          + ", ".join(f"{n} {s} {sec:.1f}s" for n, (s, sec, _) in rows.items())
+          + f"; load {load.ok} ok ({load.ok - before} during the rollout), {load.failed} failed, "
+          f"{load.endpoint_errors} endpoint errors retried on another member")
+    assert r.returncode == 0, out(r) + "\n" + net.describe()
+    assert {n: s for n, (s, _, _) in rows.items()} == {n: "done" for n in NAMES}, out(r)
+    assert load.failed == 0, (load.failed, load.errors)
+    assert load.ok - before > 20, (load.ok, before)
+    # one node at a time, in inventory order: every restart of master-1 before any of master-2, ...
+    restarted = [node for _, node, _, msg in progress(r) if msg.startswith("restarting via")]
+    assert restarted == sorted(restarted) and set(restarted) == set(NAMES), restarted
+    assert "restarting via static-pod/crictl" in r.stdout and "restarting via systemd/kubelet" in r.stdout, out(r)
+    for n in NAMES:
+        new = fingerprints(net, n)
+        assert all(new[k] != old[n][k] for k in new), (n, "not renewed")
+        assert served(net, n) == new, (n, "serves something else than the renewed files")
+        health = net.etcdctl(n, "endpoint", "health")
+        assert health.returncode == 0, (n, health.stdout, health.stderr)
+    members = net.etcdctl("master-1", "member", "list", "-w", "json")
+    assert sorted(m["name"] for m in json.loads(members.stdout)["members"]) == list(NAMES), members.stdout
+    assert not state.exists(), "a finished rollout leaves no state behind"
+    for n in NAMES:  # each host's own crictl and systemctl did the restarts (its own calls log)
+        calls = net[n].node.calls()
+        assert [c for c in calls if c[0] == "crictl" and "stop" in c], (n, calls)
+        assert [c for c in calls if c[0] == "systemctl" and "restart" in c and "kubelet" in " ".join(c)], (n, calls)
+    net.wait_ready(30)  # every component (and the restarted fake kubelet) healthy on each host
+    after = cluster(net, "check", "-o", "json")
+    assert after.returncode == 0, out(after)  # every leaf valid for a year, no finding anywhere
+
+
+# ------------------------------------------------------------------------------------------------ a node that fails
+
+
+def test_stops_at_a_node_whose_etcd_never_comes_back_and_resumes(net: NetLab) -> None:
+    state = net.dir / "rollout-state.json"
+    old = {n: fingerprints(net, n) for n in NAMES}
+    trees = {n: tree_state(net[n].root) for n in NAMES}
+    net["master-2"].node.fail_start("etcd")  # from its next start on, master-2's etcd exits at once
+
+    with net.load() as load:
+        start = time.monotonic()
+        r = cluster(net, "renew", "--yes", "--gate-timeout", "8", "--restart-timeout", "15", "--state", str(state),
+                    timeout=100)
+        took = time.monotonic() - start
+    rows = summary(r)
+    print(f"failing rollout: exit {r.returncode} in {took:.1f}s; "
+          + ", ".join(f"{n} {s} {sec:.1f}s" for n, (s, sec, _) in rows.items())
+          + f"; load {load.ok} ok, {load.failed} failed, {load.endpoint_errors} endpoint errors retried")
+    # 5: the node was restored but is not healthy (its etcd still cannot start) -- inspect
+    assert r.returncode == 5, out(r)
+    assert {n: s for n, (s, _, _) in rows.items()} == {"master-1": "done", "master-2": "failed",
+                                                        "master-3": "not-started"}, out(r)
+    assert "stopped at master-2: etcd failed" in r.stderr and len(r.stderr.strip().splitlines()) == 1, out(r)
+    assert load.failed == 0, (load.failed, load.errors)
+    # master-1 renewed and serving it; master-2 rolled back; master-3 untouched, byte for byte
+    assert all(fingerprints(net, "master-1")[k] != old["master-1"][k] for k in old["master-1"])
+    assert served(net, "master-1") == fingerprints(net, "master-1")
+    assert tree_state(net["master-2"].root, skip=[KUBECERT_STATE]) == \
+        {k: v for k, v in trees["master-2"].items() if not k.startswith(KUBECERT_STATE)}, "master-2 rolled back"
+    assert tree_state(net["master-3"].root) == trees["master-3"], "master-3 untouched"
+    # the cluster keeps quorum: the two other members are healthy and take writes
+    for n in ("master-1", "master-3"):
+        health = net.etcdctl(n, "endpoint", "health")
+        assert health.returncode == 0, (n, health.stdout, health.stderr)
+    put = net.etcdctl("master-3", "put", "netlab/after-failure", "ok")
+    assert put.returncode == 0, put.stderr
+    assert json.loads(state.read_text())["done"] == ["master-1"]
+
+    # the operator fixes master-2; the re-run resumes where it stopped: master-1 is skipped
+    net["master-2"].node.fail_start("etcd", on=False)
+    net.wait_ready(60, hosts=["master-2"])
+    assert served(net, "master-2") == old["master-2"], "master-2 runs on its old certificates again"
+    start = time.monotonic()
+    again = cluster(net, "renew", "--yes", "--gate-timeout", "40", "--state", str(state), timeout=80)
+    rows = summary(again)
+    print(f"resumed rollout: exit {again.returncode} in {time.monotonic() - start:.1f}s; "
+          + ", ".join(f"{n} {s} {sec:.1f}s" for n, (s, sec, _) in rows.items()))
+    assert again.returncode == 0, out(again)
+    assert {n: s for n, (s, _, _) in rows.items()} == {"master-1": "skipped", "master-2": "done",
+                                                        "master-3": "done"}, out(again)
+    for n in NAMES:
+        assert served(net, n) == fingerprints(net, n)
+    assert not state.exists()
+
+
+# ------------------------------------------------------------------------------------------------ host keys
+
+
+def test_a_changed_host_key_is_refused(net: NetLab) -> None:
+    known_hosts = net.known_hosts.read_bytes()
+    trees = {n: tree_state(net[n].root) for n in NAMES}
+    new_key = net["master-2"].sshd.restart_with_new_host_key(net.op)
+    offered = ssh_fingerprint(new_key)
+
+    for extra in ((), ("--accept-new-host-keys",)):  # accepting NEW keys never accepts a CHANGED one
+        r = cluster(net, "check", *extra)
+        assert r.returncode == 2, out(r)
+        lines = [line for line in r.stdout.splitlines() if "CHANGED" in line]
+        assert lines and all("master-2" in line for line in lines), out(r)
+        assert any(offered in line and "198.51.100.12" in line for line in lines), (offered, out(r))
+        assert "Traceback" not in r.stdout + r.stderr, out(r)
+        data = json.loads(cluster(net, "check", "-o", "json", *extra).stdout)
+        errors = {n["name"]: n["error"] for n in data["nodes"]}
+        assert errors["master-1"] is None and errors["master-3"] is None, errors
+        assert "CHANGED" in errors["master-2"] and "\n" not in errors["master-2"], errors
+    assert net.known_hosts.read_bytes() == known_hosts
+
+    r = cluster(net, "renew", "--yes", "--gate-timeout", "20", "--state", str(net.dir / "state.json"), timeout=60)
+    assert r.returncode != 0, out(r)
+    err = r.stderr.strip()
+    assert len(err.splitlines()) == 1 and "CHANGED" in err and "master-2" in err and offered in err, out(r)
+    assert "Traceback" not in r.stdout + r.stderr, out(r)
+    assert {n: tree_state(net[n].root) for n in NAMES} == trees, "nothing may change when a host is not trusted"
+    assert net.known_hosts.read_bytes() == known_hosts
+
+
+# ------------------------------------------------------------------------------------------------ cross-node audit
+
+
+def test_cross_node_audit_catches_a_node_with_another_ca(net: NetLab) -> None:
+    other = net.dir / "other-lab"
+    made = subprocess.run([sys.executable, "-m", "kubecert", "lab", "create", str(other), "--nodes", "1",
+                           "--key-type", "ecdsa"], capture_output=True, text=True, timeout=60, check=False)
+    assert made.returncode == 0, made.stderr
+    pki = net["master-3"].pki("")
+    for name in ("ca.crt", "ca.key"):
+        shutil.copy2(other / "master-1/etc/kubernetes/pki" / name, pki / name)
+
+    r = cluster(net, "check", "-o", "json")
+    assert r.returncode == 2, out(r)
+    data = json.loads(r.stdout)
+    assert all(n["error"] is None for n in data["nodes"]), out(r)
+    cross = [f for f in data["findings"] if f["code"] == "cross-node"]
+    assert [(f["name"], f["severity"]) for f in cross] == [("master-3", "error")], cross
+    assert cross[0]["message"].startswith("ca certificate differs from master-1, master-2"), cross
+    table = cluster(net, "check")
+    assert table.returncode == 2, out(table)
+    audit = table.stdout.split("CROSS-NODE AUDIT", 1)[1]
+    assert "ERROR   master-3: ca certificate differs from master-1, master-2" in audit, out(table)
