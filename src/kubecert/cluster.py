@@ -382,13 +382,21 @@ def cluster_renew(hosts: Sequence[Any], connect: Connect, *, now: dt.datetime, s
             continue
         start = time.monotonic()
         progress(h.name, "pre-check", "cluster health")
-        healthy, why = cluster_healthy(hosts, connect)
+        try:
+            healthy, why = cluster_healthy(hosts, connect)
+        except KubecertError as exc:  # e.g. a node refused (changed host key): stop here, touch nothing
+            healthy, why = False, str(exc)
         if not healthy:
             runs.append(NodeRun(h.name, "failed", detail=f"cluster not healthy before {h.name}: {why}",
                                 seconds=time.monotonic() - start))
             stopped = True
             continue
-        conn = connect(h)
+        try:
+            conn = connect(h)
+        except KubecertError as exc:
+            runs.append(NodeRun(h.name, "failed", detail=str(exc), seconds=time.monotonic() - start))
+            stopped = True
+            continue
         try:
             def node_progress(component: str, message: str, _n: str = h.name) -> None:
                 progress(_n, component or "renew", message)
@@ -415,7 +423,10 @@ def cluster_renew(hosts: Sequence[Any], connect: Connect, *, now: dt.datetime, s
             stopped = True
             continue
         # the cluster must be whole again before the next member is touched
-        healthy, why = cluster_healthy(hosts, connect)
+        try:
+            healthy, why = cluster_healthy(hosts, connect)
+        except KubecertError as exc:
+            healthy, why = False, str(exc)
         if not healthy:
             runs.append(NodeRun(h.name, "failed", outcome, f"cluster not healthy after {h.name}: {why}",
                                 time.monotonic() - start))

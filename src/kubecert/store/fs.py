@@ -243,6 +243,11 @@ def _flock(fs: LocalFS, path: str) -> Iterator[None]:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
             raise StoreError(f"another kubecert run (pid {holder}) holds the lock {fs.display(path)}; "
                              "wait for it to finish") from None
+        held = os.pread(fd, 256, 0).decode(errors="replace").strip()
+        if "@" in held:  # "pid@host": a kubecert run over SSH (SFTP cannot flock) holds it
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            raise StoreError(f"another kubecert run (pid {held.replace('@', ' on ')}) holds the lock "
+                             f"{fs.display(path)}; wait for it to finish")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         try:
