@@ -12,6 +12,7 @@ command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server
 command -v ip >/dev/null || need_apt+=(iproute2)
 command -v kubectl >/dev/null || need_apt+=(kubernetes-client)   # independent kubeconfig checker
 command -v chattr >/dev/null || need_apt+=(e2fsprogs)
+command -v sudo >/dev/null || need_apt+=(sudo)          # the SSH tests of sudo hosts
 if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
