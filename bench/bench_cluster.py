@@ -47,12 +47,14 @@ def bench_rollout() -> None:
 
 
 def bench_check(sizes: list[int]) -> None:
-    from kubecert.remote.ssh import Connection
+    import importlib
 
     from kubecert.cluster import cluster_check
     from kubecert.lab import LabSpec, create
     from kubecert.remote.hosts import Host
-    from sshd import start_sshds  # type: ignore[import-not-found]
+    from kubecert.remote.ssh import Connection
+
+    start_sshds = importlib.import_module("sshd").start_sshds  # tests/sshd.py: real sshd processes
 
     now = dt.datetime.now(dt.timezone.utc)
     with tempfile.TemporaryDirectory() as tmp:
