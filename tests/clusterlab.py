@@ -21,7 +21,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import yaml
 
-from fakenode.fixture import FakeNode, NodePorts, prepare_node, running_node, runtime_socket
+from fakenode.fixture import FakeNode, NodePorts, prepare_node, running_node, runtime_socket, set_flag
 from kubecert.cluster import LocalConn
 from kubecert.lab import LabSpec, create
 from kubecert.node.runtime import CommandResult, run
@@ -65,14 +65,6 @@ class Cluster:
         return self.lab / node / "etc/kubernetes/pki" / rel
 
 
-def _set_flag(cmd: List[str], name: str, value: str) -> None:
-    for i, a in enumerate(cmd):
-        if a.startswith(f"--{name}="):
-            cmd[i] = f"--{name}={value}"
-            return
-    cmd.append(f"--{name}={value}")
-
-
 @contextlib.contextmanager
 def three_masters(tmp_path: Path, *lab_args: str, expires_in: Optional[str] = "10m") -> Iterator[Cluster]:
     """master-1..3 of one stacked lab, each running under its own fake kubelet, with ONE etcd cluster
@@ -91,8 +83,8 @@ def three_masters(tmp_path: Path, *lab_args: str, expires_in: Optional[str] = "1
         path = lab / n / "etc/kubernetes/manifests/etcd.yaml"
         doc = yaml.safe_load(path.read_text())
         cmd = doc["spec"]["containers"][0]["command"]
-        _set_flag(cmd, "initial-cluster", members)
-        _set_flag(cmd, "initial-cluster-state", "new")
+        set_flag(cmd, "initial-cluster", members)
+        set_flag(cmd, "initial-cluster-state", "new")
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
         runtime_socket(lab / n, "containerd")
     hosts = [LabHost(n, "127.0.0.1", "control-plane", str(lab / n)) for n in names]

@@ -62,7 +62,7 @@ import yaml
 from clusterlab import EtcdLoad
 from fakenode import state as S
 from fakenode import units as U
-from fakenode.fixture import BIN_DIR, KUBELET_PY, TOOLS, FakeNode, NodePorts, runtime_socket
+from fakenode.fixture import BIN_DIR, KUBELET_PY, TOOLS, FakeNode, NodePorts, runtime_socket, set_flag
 from sshd import PRIVSEP_DIR, SSHD, keypair
 
 T = TypeVar("T")
@@ -495,14 +495,6 @@ class NetnsEtcdLoad(EtcdLoad):
         super()._loop()
 
 
-def _set_flag(cmd: List[str], name: str, value: str) -> None:
-    for i, a in enumerate(cmd):
-        if a.startswith(f"--{name}="):
-            cmd[i] = f"--{name}={value}"
-            return
-    cmd.append(f"--{name}={value}")
-
-
 def _prepare_tree(lab: Path) -> None:
     """The only edits the lab tree needs to run as ONE cluster on the namespaces' network."""
     members = ",".join(f"{n}=https://{ADDRESSES[n]}:{PORTS.etcd_peer}" for n in NAMES)
@@ -514,8 +506,8 @@ def _prepare_tree(lab: Path) -> None:
         urls = [a.split("=", 1)[1] for a in cmd if a.startswith("--listen-client-urls=")]
         if not urls or f"https://{ADDRESSES[n]}:{PORTS.etcd_client}" not in urls[0]:
             raise NetlabError(f"{path}: etcd does not listen on {ADDRESSES[n]}:{PORTS.etcd_client} ({urls})")
-        _set_flag(cmd, "initial-cluster", members)
-        _set_flag(cmd, "initial-cluster-state", "new")
+        set_flag(cmd, "initial-cluster", members)
+        set_flag(cmd, "initial-cluster-state", "new")
         S.write_atomic(path, yaml.safe_dump(doc, sort_keys=False).encode(), path.stat().st_mode & 0o7777)
         cfg = root / "var/lib/kubelet/config.yaml"
         kc = yaml.safe_load(cfg.read_text())

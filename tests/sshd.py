@@ -31,6 +31,8 @@ from typing import Iterator, List, Optional, Tuple
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from realworld import free_ports  # the one helper for free loopback ports
+
 SSHD = "/usr/sbin/sshd"  # sshd re-execs itself: it must be started by absolute path
 PRIVSEP_DIR = "/run/sshd"
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
@@ -123,20 +125,6 @@ class Servers:
                 s.proc.wait(5)
 
 
-def _free_ports(n: int) -> List[int]:
-    """``n`` distinct ports the kernel just handed out (held open together, so no duplicates)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((LOOPBACK, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def _config(d: Path, port: int, host_key: Path, authorized: Path, sftp_log: Optional[str]) -> str:
     return f"""\
 Port {port}
@@ -205,7 +193,7 @@ def start(n: int, where: Path, timeout: float = 20.0, sftp_log: Optional[str] = 
     authorized = where / "authorized_keys"
     authorized.write_text(client_pub + "\n")
     group = Servers(where, client_key, where / "known_hosts")
-    for i, port in enumerate(_free_ports(n)):
+    for i, port in enumerate(free_ports(n)):
         d = where / f"sshd-{i}"
         d.mkdir()
         host_key_path = d / "ssh_host_ed25519_key"

@@ -101,7 +101,8 @@ def _flag(command: List[str], name: str) -> Optional[str]:
     return None
 
 
-def _set_flag(command: List[str], name: str, value: object) -> None:
+def set_flag(command: List[str], name: str, value: object) -> None:
+    """Set ``--name=value`` in a static pod command, replacing an existing value."""
     for i, tok in enumerate(command):
         if tok.startswith(f"--{name}="):
             command[i] = f"--{name}={value}"
@@ -162,24 +163,24 @@ def prepare_node(root: PathLike, *, ports: Optional[NodePorts] = None, etcd_serv
                      ("initial-advertise-peer-urls", peer), ("listen-peer-urls", peer),
                      ("initial-cluster", f"{name}={peer}"),
                      ("listen-metrics-urls", f"http://{HOST}:{ports.etcd_metrics}")):
-            _set_flag(cmd, f, v)
+            set_flag(cmd, f, v)
         _probes(c, ports.etcd_metrics)
 
     def apiserver(doc: Dict[str, Any]) -> None:
         c = doc["spec"]["containers"][0]
         cmd = c["command"]
-        _set_flag(cmd, "advertise-address", HOST)
-        _set_flag(cmd, "secure-port", ports.apiserver)
+        set_flag(cmd, "advertise-address", HOST)
+        set_flag(cmd, "secure-port", ports.apiserver)
         if etcd_servers is not None:
-            _set_flag(cmd, "etcd-servers", etcd_servers)
+            set_flag(cmd, "etcd-servers", etcd_servers)
         elif has_etcd:
-            _set_flag(cmd, "etcd-servers", client)
+            set_flag(cmd, "etcd-servers", client)
         _probes(c, ports.apiserver)
 
     def component(port: int) -> Any:
         def edit(doc: Dict[str, Any]) -> None:
             c = doc["spec"]["containers"][0]
-            _set_flag(c["command"], "secure-port", port)
+            set_flag(c["command"], "secure-port", port)
             _probes(c, port)
         return edit
 
