@@ -353,7 +353,7 @@ def renew(names: tuple[str, ...], root: str, days: int, key_mode: str, key_type:
     kwargs = dict(days=days, key_mode=key_mode, key_type=key_type, profile=profile,
                   update_user_kubeconfigs=update_user_kubeconfigs)
     if dry_run:
-        from .store.txn import JOURNAL
+        from .layout import JOURNAL
 
         if fs.exists(JOURNAL):
             click.echo(f"warning: an interrupted change is pending ({fs.display(JOURNAL)}); the files may be "

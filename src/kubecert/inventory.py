@@ -410,10 +410,8 @@ def scan(fs: NodeFS, *, now: dt.datetime, profile: Optional[spec.Profile] = None
     facts = facts or gather(fs)
     profile = profile or detect_profile(fs, facts)
     s = _Scan(fs, facts, profile, now)
-    from .store.txn import JOURNAL
-
-    if fs.exists(JOURNAL):
-        s.findings.append(Finding(ERROR, "interrupted", "", fs.display(JOURNAL),
+    if fs.exists(L.JOURNAL):
+        s.findings.append(Finding(ERROR, "interrupted", "", fs.display(L.JOURNAL),
                                   "an earlier kubecert change was interrupted; files may be half-renewed",
                                   "kubecert recover" + ("" if fs.root == "/" else f" --root {fs.root}")))
     for problem in facts.problems:

@@ -14,6 +14,7 @@ KUBELET_PKI_DIR = "/var/lib/kubelet/pki"
 KUBELET_CONFIG = "/var/lib/kubelet/config.yaml"
 KUBEADM_CONFIG_CANDIDATES = ("/etc/kubernetes/kubeadm-config.yaml", "/etc/kubernetes/kubeadm.yaml")
 STATE_DIR = "/etc/kubernetes/.kubecert"
+JOURNAL = STATE_DIR + "/journal.json"  # present only while a change is unfinished
 
 
 @dataclass(frozen=True)

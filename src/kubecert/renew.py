@@ -237,11 +237,7 @@ def _plan_kubelet_serving(ctx: _Ctx, e: spec.Entry, explicit: bool) -> PlanItem:
         key_new = True
     new = x509ops.reissue(old, key.public_key(), None, key, (ctx.now - BACKDATE).replace(microsecond=0),
                           (ctx.now + dt.timedelta(days=ctx.days)).replace(microsecond=0))
-    mode, uid, gid = _mode_of(ctx.fs, cpath, 0o644)
-    ctx.writes.append(Write(cpath, x509ops.cert_pem(new), mode, uid=uid, gid=gid))
-    if key_new:
-        _, uid, gid = _mode_of(ctx.fs, kpath, 0o600)
-        ctx.writes.append(Write(kpath, x509ops.key_pem(key), 0o600, uid=uid, gid=gid))
+    _write_pair(ctx, cpath, kpath, new, key if key_new else None)
     return PlanItem(e.name, "renew", "self-signed", path=shown, old_serial=old.serial_number,
                     new_serial=new.serial_number, old_not_after=x509ops.not_after(old),
                     new_not_after=x509ops.not_after(new), new_fingerprint=x509ops.fingerprint(new),
@@ -289,12 +285,18 @@ def _plan_leaf(ctx: _Ctx, e: spec.Entry) -> PlanItem:
     old_key = (x509ops.load_key(ctx.fs.read(kpath), ctx.fs.display(kpath))
                if ctx.key_mode == "reuse" and ctx.fs.exists(kpath) else None)
     new, key, key_new, item = _new_cert(ctx, e, old, old_key, ctx.fs.display(cpath))
-    mode, uid, gid = _mode_of(ctx.fs, cpath, 0o644)
-    ctx.writes.append(Write(cpath, x509ops.cert_pem(new), mode, uid=uid, gid=gid))
-    if key_new:
-        _, uid, gid = _mode_of(ctx.fs, kpath, 0o600)
-        ctx.writes.append(Write(kpath, x509ops.key_pem(key), 0o600, uid=uid, gid=gid))
+    _write_pair(ctx, cpath, kpath, new, key if key_new else None)
     return item
+
+
+def _write_pair(ctx: _Ctx, cpath: str, kpath: str, cert: x509.Certificate,
+                new_key: Optional[x509ops.PrivateKey]) -> None:
+    """Plan the .crt (keeping its mode and owner) and, when the key is new, the .key (0600)."""
+    mode, uid, gid = _mode_of(ctx.fs, cpath, 0o644)
+    ctx.writes.append(Write(cpath, x509ops.cert_pem(cert), mode, uid=uid, gid=gid))
+    if new_key is not None:
+        _, uid, gid = _mode_of(ctx.fs, kpath, 0o600)
+        ctx.writes.append(Write(kpath, x509ops.key_pem(new_key), 0o600, uid=uid, gid=gid))
 
 
 # --- kubeconfigs ---------------------------------------------------------------------------------
@@ -385,11 +387,12 @@ def _plan_kubelet_file(ctx: _Ctx, e: spec.Entry, kc: Kubeconfig, explicit: bool)
     link = ctx.fs.readlink(src)
     dated = f"{L.KUBELET_PKI_DIR}/kubelet-client-{ctx.now:%Y-%m-%d-%H-%M-%S}.pem"
     _, uid, gid = _mode_of(ctx.fs, src, 0o600)
-    ctx.writes.append(Write(dated, x509ops.cert_pem(new) + x509ops.key_pem(key), 0o600, uid=uid, gid=gid))
+    pem = x509ops.cert_pem(new) + x509ops.key_pem(key)
     if link is not None:
+        ctx.writes.append(Write(dated, pem, 0o600, uid=uid, gid=gid))
         ctx.writes.append(Write(src, link_target=dated))
     else:  # a plain file, not the kubelet's symlink: replace it in place
-        ctx.writes[-1] = Write(src, x509ops.cert_pem(new) + x509ops.key_pem(key), 0o600, uid=uid, gid=gid)
+        ctx.writes.append(Write(src, pem, 0o600, uid=uid, gid=gid))
     return item
 
 

@@ -6,8 +6,8 @@ import posixpath
 from typing import List
 
 from .. import layout as L
+from ..layout import STATE_DIR
 from ..store import NodeFS
-from ..store.txn import STATE_DIR
 
 PARKED_DIR = STATE_DIR + "/parked-manifests"
 

@@ -30,11 +30,10 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import KubecertError, StoreError
+from ..layout import JOURNAL, STATE_DIR
 from .fs import NodeFS
 
-STATE_DIR = "/etc/kubernetes/.kubecert"
 BACKUPS_DIR = STATE_DIR + "/backups"
-JOURNAL = STATE_DIR + "/journal.json"
 LOCK = STATE_DIR + "/lock"
 AUDIT_LOG = STATE_DIR + "/audit.log"
 STAGE_SUFFIX = ".kubecert-new"
