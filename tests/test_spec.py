@@ -125,7 +125,8 @@ def test_profile_choices_parse_and_round_trip() -> None:
 
 
 def test_cli_profile_choices_come_from_the_table() -> None:
-    check = cli.commands["check"]  # type: ignore[attr-defined]
+    check = cli.get_command(click.Context(cli), "check")
+    assert check is not None
     (opt,) = [p for p in check.params if "--profile" in getattr(p, "opts", ())]
     assert isinstance(opt.type, click.Choice)
     assert tuple(opt.type.choices) == spec.PROFILE_CHOICES

@@ -1,0 +1,54 @@
+"""`kubecert check`: inventory and audit one node."""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import click
+
+from .. import spec
+from .common import handle_errors, now_option, parse_duration, parse_now, profile_option, root_option
+
+
+@click.command()
+@root_option
+@click.option("-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table",
+              show_default=True)
+@click.option("--warn", "warn_text", default="30d", show_default=True, help="Exit 1 if anything expires within.")
+@click.option("--crit", "crit_text", default="7d", show_default=True, help="Exit 2 if anything expires within.")
+@now_option
+@profile_option
+@handle_errors
+def check(root: str, output: str, warn_text: str, crit_text: str, now_text: Optional[str],
+          profile_text: Optional[str]) -> None:
+    """Inventory and audit a node's PKI (kubeadm check-expiration, and more).
+
+    \b
+    Exit codes: 0 all fine; 1 something expires within --warn or an audit warning;
+    2 something expires within --crit, is expired, missing or unreadable, or an audit error;
+    3 bad input (nothing was checked).
+    """
+    warn, crit = parse_duration(warn_text), parse_duration(crit_text)
+    now = parse_now(now_text)
+    from ..inventory import scan
+    from ..store import LocalFS
+
+    profile = spec.parse_profile(profile_text) if profile_text else None
+    report = scan(LocalFS(root), now=now, profile=profile)
+    code = report.exit_code(warn, crit)
+    if output == "json":
+        from ..report.structured import render_json
+
+        click.echo(render_json(report, code), nl=False)
+    elif output == "yaml":
+        from ..report.structured import render_yaml
+
+        click.echo(render_yaml(report, code), nl=False)
+    else:
+        from ..report.text import render
+
+        verdict = {0: "OK", 1: "WARNING", 2: "CRITICAL"}[code]
+        click.echo(render(report, f"status: {verdict} (exit {code}; warn {warn_text}, crit {crit_text})"),
+                   nl=False)
+    sys.exit(code)

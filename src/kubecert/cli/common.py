@@ -1,0 +1,223 @@
+"""What every command module shares: flag parsing, options, error handling, plan and step printing.
+
+Heavy modules (cryptography, yaml, rich, the engines) are imported inside the functions, so that a
+command pays only for what it uses.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import sys
+from typing import Any, Callable, Optional, TypeVar
+
+import click
+
+from .. import spec
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_OK, EXIT_WARN, EXIT_CRIT = 0, 1, 2
+EXIT_USAGE = 3  # bad input: one-line error, nothing changed
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdwy]?)\s*$")
+_UNITS = {"": 86400, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
+
+
+def parse_duration(text: str) -> dt.timedelta:
+    m = _DURATION.match(text)
+    if not m:
+        raise click.BadParameter(f"{text!r} is not a duration like 30d, 12h, 90m")
+    return dt.timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
+
+
+def parse_now(text: Optional[str]) -> dt.datetime:
+    if not text:
+        return dt.datetime.now(dt.timezone.utc)
+    clean = text.strip().replace("Z", "+00:00").replace("z", "+00:00").replace("t", "T")
+    # Python < 3.11 takes only 3 or 6 fraction digits: pad or cut to 6
+    clean = re.sub(r"\.(\d+)", lambda m: "." + (m.group(1) + "000000")[:6], clean, count=1)
+    try:
+        when = dt.datetime.fromisoformat(clean)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not an RFC 3339 time like 2027-01-01T00:00:00Z") from None
+    if when.tzinfo is None:
+        raise click.BadParameter(f"{text!r} has no time zone; add Z or +00:00")
+    return when.astimezone(dt.timezone.utc)
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> None:
+    click.echo(f"kubecert: error: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(fn: F) -> F:
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from ..errors import KubecertError
+
+        try:
+            return fn(*args, **kwargs)
+        except KubecertError as exc:
+            fail(str(exc))
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+root_option = click.option("--root", default="/", show_default=True, metavar="DIR",
+                           help="File-system root of the node (its /etc/kubernetes lives below it).")
+now_option = click.option("--now", "now_text", metavar="RFC3339",
+                          help="Pin the clock (default: the real clock), e.g. 2027-01-01T00:00:00Z.")
+profile_option = click.option("--profile", "profile_text", type=click.Choice(spec.PROFILE_CHOICES),
+                              help="Force the node's profile instead of detecting it.")
+
+
+def fault_from_env() -> Any:
+    """Test seam: KUBECERT_TEST_CRASH_AT=N dies like kill -9 at transaction step N;
+    KUBECERT_TEST_STEP_LOG=FILE records every step's label."""
+    import os
+
+    crash_at = int(os.environ.get("KUBECERT_TEST_CRASH_AT", "0") or 0)
+    log = os.environ.get("KUBECERT_TEST_STEP_LOG")
+    if not crash_at and not log:
+        return None
+
+    def fault(step: int, label: str) -> None:
+        if log:
+            with open(log, "a") as fh:
+                fh.write(f"{step} {label}\n")
+        if step == crash_at:
+            os._exit(137)
+
+    return fault
+
+
+def fmt_time(t: Optional[dt.datetime]) -> str:
+    return "-" if t is None else t.strftime("%Y-%m-%d %H:%M")
+
+
+def fmt_serial(n: Optional[int]) -> str:
+    return "-" if n is None else format(n, "X")
+
+
+def print_plan(p: Any, console: Any) -> None:
+    # the same plain column layout as `check` (no rich import on this path: renew stays fast)
+    from ..report.text import tabwrite
+
+    lines = ["NAME\tACTION\tSERIAL old -> new\tNOT AFTER old -> new (UTC)\tKEY\tNOTE"]
+    for i in p.items:
+        if i.action == "skip":
+            lines.append(f"{i.name}\tskip\t\t\t\t{i.reason}")
+            continue
+        note = "; ".join(i.differences) if i.differences else "subject, SANs, usages unchanged"
+        if i.capped:
+            note += "; NotAfter capped at the CA's"
+        if i.reason:
+            note = f"{i.reason}; {note}"
+        lines.append(f"{i.name}\trenew\t{fmt_serial(i.old_serial)} -> {fmt_serial(i.new_serial)}\t"
+                     f"{fmt_time(i.old_not_after)} -> {fmt_time(i.new_not_after)}\t{i.key}\t{note}")
+    console.print(f"Plan for {p.root} (profile {p.profile.name}), now {fmt_time(p.now)} UTC, "
+                  f"NotAfter = now + {p.days}d:")
+    console.print(tabwrite(lines, minwidth=4, padding=2).rstrip("\n"))
+    for w in p.warnings:
+        console.print(f"warning: {w}")
+
+
+class Plain:
+    """click.echo behind the one method the renew path uses (rich only where tables need it)."""
+
+    def print(self, text: str = "") -> None:
+        click.echo(text)
+
+
+def console_for() -> Any:
+    from rich.console import Console
+
+    # piped or logged output never wraps: one line per row, easy to grep
+    return Console(width=1000 if not sys.stdout.isatty() else None, highlight=False, soft_wrap=False)
+
+
+def runtime_options(fn: F) -> F:
+    """Flags that choose and tune the restart adapters (shared by renew --restart and restart)."""
+    opts = [
+        click.option("--runtime", "cri", type=click.Choice(["crictl", "docker"]),
+                     help="Container CLI for static pods (default: detected from the CRI socket)."),
+        click.option("--strategy", type=click.Choice(["container", "manifest"]), default="container",
+                     show_default=True, help="Restart the container, or move the manifest out and back."),
+        click.option("--service-manager", type=click.Choice(["systemd", "sysv"]),
+                     help="For the kubelet and a systemd etcd (default: detected)."),
+        click.option("--restart-command", "restart_commands", multiple=True, metavar="COMPONENT=CMD",
+                     help="Restart COMPONENT with this shell command instead (repeatable)."),
+        click.option("--gate-timeout", "gate_timeouts", multiple=True, metavar="[COMPONENT=]SECONDS",
+                     help="How long a health gate waits (default 120; repeatable per component)."),
+        click.option("--restart-timeout", type=float, default=180.0, show_default=True,
+                     help="How long one restart command may take, in seconds."),
+    ]
+    for o in reversed(opts):
+        fn = o(fn)
+    return fn
+
+
+def runtime_setup(cri: Optional[str], strategy: str, service_manager: Optional[str],
+                   restart_commands: tuple[str, ...], gate_timeouts: tuple[str, ...],
+                   restart_timeout: float) -> Any:
+    from ..node.restart import Timeouts
+    from ..node.runtime import Options
+
+    commands = {}
+    for item in restart_commands:
+        comp, sep, cmd = item.partition("=")
+        if not sep or comp not in spec.COMPONENTS or not cmd.strip():
+            raise click.BadParameter(f"{item!r}: expected COMPONENT=COMMAND with COMPONENT one of "
+                                     f"{', '.join(spec.COMPONENTS)}", param_hint="--restart-command")
+        commands[comp] = cmd
+    gates: dict[str, float] = {}
+    default_gate = 120.0
+    for item in gate_timeouts:
+        comp, sep, value = item.rpartition("=")
+        try:
+            seconds = float(value)
+        except ValueError:
+            raise click.BadParameter(f"{item!r}: expected [COMPONENT=]SECONDS", param_hint="--gate-timeout") from None
+        if sep and comp not in spec.COMPONENTS:
+            raise click.BadParameter(f"{comp!r} is not a component", param_hint="--gate-timeout")
+        if sep:
+            gates[comp] = seconds
+        else:
+            default_gate = seconds
+    return (Options(cri=cri, strategy=strategy, service_manager=service_manager, commands=commands),
+            Timeouts(restart=restart_timeout, gates=gates, default_gate=default_gate))
+
+
+def progress_printer(console: Any) -> Any:
+    import time
+
+    start = time.monotonic()
+
+    def progress(component: str, message: str) -> None:
+        who = f"{component}: " if component else ""
+        console.print(f"[{time.monotonic() - start:6.1f}s] {who}{message}")
+
+    return progress
+
+
+def print_steps(steps: Any, console: Any, title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=title, box=None, pad_edge=False, show_edge=False, header_style="bold", title_justify="left")
+    for col in ("COMPONENT", "ADAPTER", "RESTART", "CHECK", "TARGET", "RESULT", "TIME", "DETAIL"):
+        table.add_column(col, overflow="fold")
+    for st in steps:
+        table.add_row(st.component, st.adapter, "ok" if st.restart.ok else "FAILED", "", "", "",
+                      f"{st.restart.seconds:.1f}s", st.restart.detail)
+        for c in (st.gate.checks if st.gate else ()):
+            table.add_row("", "", "", c.name, c.target, "ok" if c.ok else "FAILED", f"{c.seconds:.2f}s", c.detail)
+        if not st.restart.ok:
+            for cmd in st.restart.commands[-3:]:
+                table.add_row("", "", "", "", "", "", "", cmd.summary())
+    console.print(table)
+

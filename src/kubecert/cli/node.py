@@ -1,0 +1,92 @@
+"""`kubecert restart` and `kubecert verify`: the components of one node."""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import click
+
+from .. import spec
+from .common import (
+    console_for,
+    fail,
+    handle_errors,
+    print_steps,
+    progress_printer,
+    root_option,
+    runtime_options,
+    runtime_setup,
+)
+
+
+@click.command()
+@click.argument("components", nargs=-1, type=click.Choice(spec.COMPONENTS))
+@root_option
+@click.option("--yes", "-y", is_flag=True, help="Restart without asking.")
+@runtime_options
+@handle_errors
+def restart(components: tuple[str, ...], root: str, yes: bool, cri: Optional[str], strategy: str,
+            service_manager: Optional[str], restart_commands: tuple[str, ...], gate_timeouts: tuple[str, ...],
+            restart_timeout: float) -> None:
+    """Restart components in order (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+    kubelet), each followed by its health gate; stop at the first failure.
+
+    Without COMPONENTS: every component found on the node."""
+    from ..node.restart import restart_in_order
+    from ..node.runtime import choose
+    from ..node.verify import Verifier
+    from ..store import LocalFS
+    from ..store.txn import LOCK
+
+    fs = LocalFS(root)
+    options, timeouts = runtime_setup(cri, strategy, service_manager, restart_commands, gate_timeouts,
+                                       restart_timeout)
+    console = console_for()
+    with fs.lock(LOCK):
+        verifier = Verifier(fs)
+        wanted = list(components) or list(verifier.components)
+        choices = choose(fs, verifier.facts, wanted, options)
+        for c in wanted:
+            console.print(f"{c}: {choices[c].adapter.describe()}")
+        if not yes:
+            if not sys.stdin.isatty():
+                fail("not a terminal and --yes not given; re-run with --yes to restart")
+            if not click.confirm(f"Restart {', '.join(wanted)}?"):
+                fail("aborted", 1)
+        seq = restart_in_order(verifier, choices, wanted, timeouts, progress_printer(console))
+    print_steps(seq.steps, console, "Restarts and health gates")
+    if not seq.ok:
+        failed = seq.failed
+        fail(f"{failed.component if failed else 'a component'} failed its restart or health gate", 2)
+
+
+@click.command()
+@root_option
+@click.option("--timeout", type=float, default=5.0, show_default=True, help="Per probe, in seconds.")
+@handle_errors
+def verify(root: str, timeout: float) -> None:
+    """Probe every component of the node: health, etcd cluster health, and that etcd and the
+    apiserver serve the certificate on disk. Exit 0 when all pass, 2 otherwise."""
+    from rich.table import Table
+
+    from ..node.verify import Verifier
+    from ..store import LocalFS
+
+    fs = LocalFS(root)
+    v = Verifier(fs, timeout=timeout)
+    console = console_for()
+    if not v.components:
+        fail("no component endpoints found on this node (no static pod manifests, etcd unit or kubelet config)")
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+    for col in ("COMPONENT", "CHECK", "TARGET", "RESULT", "TIME", "DETAIL"):
+        table.add_column(col, overflow="fold")
+    ok = True
+    for comp in v.components:
+        ep = v.endpoints[comp]
+        for c in v.check(comp):
+            ok = ok and c.ok
+            table.add_row(c.component, c.name, c.target, "ok" if c.ok else "FAILED", f"{c.seconds:.2f}s", c.detail)
+        console.print(f"{comp}: {ep.url} (from {ep.source})")
+    console.print(table)
+    sys.exit(0 if ok else 2)

@@ -1,0 +1,172 @@
+"""`kubecert renew`: offline renewal of one node, optionally with ordered restarts."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from typing import Any, Optional
+
+import click
+
+from .. import spec
+from .common import (
+    Plain,
+    console_for,
+    fail,
+    fault_from_env,
+    fmt_time,
+    handle_errors,
+    now_option,
+    parse_now,
+    print_plan,
+    print_steps,
+    profile_option,
+    progress_printer,
+    root_option,
+    runtime_options,
+    runtime_setup,
+)
+
+
+@click.command()
+@click.argument("names", nargs=-1, type=click.Choice(("all",) + spec.RENEWABLE))
+@root_option
+@click.option("--days", default=365, show_default=True, type=click.IntRange(1, 36500),
+              help="Validity of the new certificates (capped at the CA's NotAfter).")
+@click.option("--key", "key_mode", type=click.Choice(["new", "reuse"]), default="new", show_default=True,
+              help="A new private key (as kubeadm) or keep the existing one.")
+@click.option("--key-type", type=click.Choice(["rsa-2048", "rsa-3072", "rsa-4096", "ecdsa-p256"]),
+              help="Type of new keys (default: the type and size of the old key).")
+@click.option("--update-user-kubeconfigs", is_flag=True,
+              help="Also update copies of admin.conf under /root/.kube and /home/*/.kube.")
+@click.option("--dry-run", is_flag=True, help="Show the plan; write nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Apply without asking.")
+@click.option("--restart", is_flag=True,
+              help="Then restart the components that load the renewed files, in order, each gated on health "
+                   "and the served certificate; roll back on failure.")
+@click.option("--no-rollback", is_flag=True, help="With --restart: leave a failed node as it is, for inspection.")
+@runtime_options
+@now_option
+@profile_option
+@handle_errors
+def renew(names: tuple[str, ...], root: str, days: int, key_mode: str, key_type: Optional[str],
+          update_user_kubeconfigs: bool, dry_run: bool, yes: bool, restart: bool, no_rollback: bool,
+          cri: Optional[str], strategy: str, service_manager: Optional[str], restart_commands: tuple[str, ...],
+          gate_timeouts: tuple[str, ...], restart_timeout: float, now_text: Optional[str],
+          profile_text: Optional[str]) -> None:
+    """Renew certificates and kubeconfigs offline, from the existing ones.
+
+    NAMES are kubeadm's names (apiserver, etcd-server, admin.conf, ...) or `all` (the default).
+    Every file touched is backed up first under /etc/kubernetes/.kubecert/backups/<id>
+    (see `kubecert backups list`, `kubecert rollback`).
+    """
+    now = parse_now(now_text)
+    from .. import renew as R
+    from ..recovery import recover_node
+    from ..store import LocalFS
+    from ..store.txn import LOCK
+
+    fs = LocalFS(root)
+    profile = spec.parse_profile(profile_text) if profile_text else None
+    console: Any = console_for() if restart else Plain()
+    selected = list(names) or ["all"]
+    kwargs = dict(days=days, key_mode=key_mode, key_type=key_type, profile=profile,
+                  update_user_kubeconfigs=update_user_kubeconfigs)
+    if dry_run:
+        from ..layout import JOURNAL
+
+        if fs.exists(JOURNAL):
+            click.echo(f"warning: an interrupted change is pending ({fs.display(JOURNAL)}); the files may be "
+                       "half-renewed. `kubecert recover` (or the next renew) rolls it back; this plan reads "
+                       "the tree as it is now.", err=True)
+        p = R.plan(fs, selected, now=now, **kwargs)  # type: ignore[arg-type]
+        print_plan(p, console)
+        console.print(f"dry run: {len(p.renewed)} to renew, {len(p.writes)} file(s) would be written; "
+                      "nothing was written")
+        return
+    if restart:
+        if not yes:
+            fail("--restart changes a running node: pass --yes (review the plan first with --dry-run)")
+        _renew_restart(fs, selected, now, kwargs, console, not no_rollback,
+                       runtime_setup(cri, strategy, service_manager, restart_commands, gate_timeouts,
+                                      restart_timeout))
+        return
+    with fs.lock(LOCK):
+        recovered = recover_node(fs, now)
+        if recovered:
+            console.print(f"recovered: {recovered}")
+        p = R.plan(fs, selected, now=now, **kwargs)  # type: ignore[arg-type]
+        print_plan(p, console)
+        if not p.writes:
+            console.print("nothing to renew")
+            _fail_on_stranded(p)
+            return
+        if not yes:
+            if not sys.stdin.isatty():
+                fail("not a terminal and --yes not given; re-run with --yes to apply this plan")
+            if not click.confirm(f"Renew {len(p.renewed)} item(s), writing {len(p.writes)} file(s)?"):
+                fail("aborted; nothing was written", 1)
+        backup = R.apply(fs, p, fault=fault_from_env())
+    console.print(f"renewed {len(p.renewed)} item(s); backup {backup.id} in {fs.display(backup.dir)} "
+                  f"(undo: kubecert rollback {backup.id}{'' if root == '/' else ' --root ' + root})")
+    if p.components:
+        console.print("restart to load the new files: " + ", ".join(p.components))
+    _fail_on_stranded(p)
+
+
+def _fail_on_stranded(p: Any) -> None:
+    if p.stranded:
+        names = ", ".join(i.name for i in p.stranded)
+        fail(f"{names}: expired and not renewable on this node (its CA key is elsewhere): renew on the node "
+             "that holds the CA key, then copy the cert and key here", 2)
+
+
+def _renew_restart(fs: Any, selected: list[str], now: dt.datetime, kwargs: dict[str, Any], console: Any,
+                   rollback: bool, setup: Any) -> None:
+    from rich.table import Table
+
+    from ..inventory import scan
+    from ..node.restart import renew_restart
+
+    options, timeouts = setup
+    before = scan(fs, now=now)
+    console.print(f"check: {len(before.items)} item(s), {len(before.findings)} finding(s) before renewal")
+    outcome = renew_restart(fs, selected, now=now, options=options, timeouts=timeouts, rollback=rollback,
+                            progress=progress_printer(console), fault=fault_from_env(), **kwargs)
+    if outcome.recovered:
+        console.print(f"recovered: {outcome.recovered}")
+    print_plan(outcome.plan, console)
+    if outcome.backup is None:
+        console.print("nothing to renew")
+        return
+    print_steps(outcome.first.steps, console, "Restarts and health gates")
+    if outcome.after_rollback is not None:
+        print_steps(outcome.after_rollback.steps, console, "After restoring the backup")
+    served = {st.component: next((c.ok for c in st.gate.checks if c.name == "served-cert"), None)
+              for st in outcome.first.steps if st.gate}
+    healthy = {st.component: st.ok for st in outcome.first.steps}
+    table = Table(title="Summary", box=None, pad_edge=False, show_edge=False, header_style="bold",
+                  title_justify="left")
+    for col in ("NAME", "NOT AFTER old -> new (UTC)", "SERVED CERT", "HEALTH"):
+        table.add_column(col)
+    for i in outcome.plan.renewed:
+        match = [served.get(c) for c in i.components if served.get(c) is not None]
+        if i.name not in ("apiserver", "etcd-server"):
+            match = []
+        health = [healthy[c] for c in i.components if c in healthy]
+        table.add_row(i.name, f"{fmt_time(i.old_not_after)} -> {fmt_time(i.new_not_after)}",
+                      "-" if not match else ("matches" if all(match) else "OLD"),
+                      "-" if not health else ("ok" if all(health) else "FAILED"))
+    console.print(table)
+    code = outcome.exit_code
+    if code == 0:
+        console.print(f"done: renewed, restarted and verified; backup {outcome.backup.id}")
+        return
+    failed = outcome.first.failed
+    what = f"{failed.component} failed" if failed else "a step failed"
+    if code == 4:
+        fail(f"{what}; the node was restored from backup {outcome.backup.id} and is healthy on its old "
+             "certificates", 4)
+    if outcome.rolled_back:
+        fail(f"{what}; backup {outcome.backup.id} was restored but the node is NOT healthy: inspect it", 5)
+    fail(f"{what}; left as it is (--no-rollback); undo with: kubecert rollback {outcome.backup.id}", 5)
