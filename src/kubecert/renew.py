@@ -9,33 +9,25 @@ managed: its leafs are skipped with a reason. CAs and the sa pair are never touc
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import posixpath
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import yaml
 from cryptography import x509
 
 from . import layout as L
-from . import spec, x509ops
-from .errors import KubecertError, PKIError
+from . import spec, userkube, x509ops
+from .errors import KubecertError, PKIError, ValidityError
 from .facts import NodeFacts, detect_profile, gather
-from .kubeconfig import Kubeconfig
+from .kubeconfig import Kubeconfig, rewrite_kubeconfig
 from .kubeconfig import parse as parse_kubeconfig
+from .recovery import recover_node
 from .store import NodeFS
-from .store.txn import LOCK, Backup, Fault, Transaction, Write, recover
-
-try:
-    _Loader: Any = yaml.CSafeLoader
-except AttributeError:  # pragma: no cover
-    _Loader = yaml.SafeLoader
+from .store.txn import LOCK, Backup, Fault, Transaction, Write
 
 BACKDATE = dt.timedelta(minutes=5)
 KUBELET_RENEW_WITHIN = dt.timedelta(days=30)  # `renew all` leaves a healthy kubelet cert to the kubelet
-USER_KUBE_DIRS = ("/root/.kube",)
-HOME = "/home"
 
 
 @dataclass(frozen=True)
@@ -85,7 +77,7 @@ class Plan:
 @dataclass(frozen=True)
 class Result:
     plan: Plan
-    backup: Backup
+    backup: Optional[Backup]  # None: nothing to write, or not confirmed
     recovered: Optional[str] = None
 
 
@@ -105,6 +97,9 @@ class _Ctx:
     days: int
     key_mode: str
     key_type: Optional[str]
+    clock: dt.datetime  # the real time: every new certificate must be valid then
+    min_days: float = 1.0
+    force_validity: bool = False
     cas: Dict[str, _CA] = field(default_factory=dict)
     warnings: List[str] = field(default_factory=list)
     writes: List[Write] = field(default_factory=list)
@@ -195,16 +190,8 @@ def _new_cert(ctx: _Ctx, e: spec.Entry, old: x509.Certificate, old_key: Optional
     else:
         key_type = ctx.key_type or x509ops.key_description(old.public_key())  # type: ignore[arg-type]
         key, key_new = ctx.new_key(key_type), True
-    not_before = ctx.now - BACKDATE
-    not_after = ctx.now + dt.timedelta(days=ctx.days)
-    capped = False
-    ca_end = x509ops.not_after(ca.cert)
-    if not_after > ca_end:
-        not_after, capped = ca_end, True
-        ctx.warnings.append(f"{e.name}: NotAfter capped at its CA's ({e.ca}) NotAfter "
-                            f"{ca_end:%Y-%m-%d %H:%M} UTC; plan a CA rotation")
-    new = x509ops.reissue(old, key.public_key(), ca.cert, ca.key, not_before.replace(microsecond=0),
-                          not_after.replace(microsecond=0))
+    not_before, not_after, capped = _window(ctx, e.name, ca.cert, e.ca)
+    new = x509ops.reissue(old, key.public_key(), ca.cert, ca.key, not_before, not_after)
     # belt and braces: never write something that does not verify
     if not (x509ops.signed_by(new, ca.cert) and x509ops.key_matches_cert(new, key)):
         raise PKIError(f"{source}: internal error: the re-issued certificate does not verify")
@@ -214,6 +201,50 @@ def _new_cert(ctx: _Ctx, e: spec.Entry, old: x509.Certificate, old_key: Optional
                     key=f"{'new' if key_new else 'reused'} {x509ops.key_description(key)}", capped=capped,
                     differences=_differences(old, new), components=e.components)
     return new, key, key_new, item
+
+
+def _when(t: dt.datetime) -> str:
+    return f"{t:%Y-%m-%d %H:%M} UTC"
+
+
+def _window(ctx: _Ctx, name: str, ca: Optional[x509.Certificate],
+            ca_name: Optional[str]) -> Tuple[dt.datetime, dt.datetime, bool]:
+    """(NotBefore, NotAfter, capped) of a new certificate: now - 5 min (never before its CA) to now +
+    days (never after its CA). Refused unless it is valid at the real clock, lives at least
+    ``min_days`` and its CA is valid: a certificate that is not valid now is an outage, not a renewal."""
+    not_before = ctx.now - BACKDATE
+    not_after = ctx.now + dt.timedelta(days=ctx.days)
+    capped = False
+    if ca is not None:
+        ca_start, ca_end = x509ops.not_before(ca), x509ops.not_after(ca)
+        if ca_end <= ctx.now or (ca_end <= ctx.clock and not ctx.force_validity):
+            raise ValidityError(f"CA {ca_name} expired on {_when(ca_end)}: renew it first (`kubecert ca renew "
+                                f"{ca_name}`, coming) or rotate it; nothing was changed")
+        not_before = max(not_before, ca_start)
+        if not_after > ca_end:
+            not_after, capped = ca_end, True
+            ctx.warnings.append(f"{name}: NotAfter capped at its CA's ({ca_name}) NotAfter {_when(ca_end)}; "
+                                "plan a CA rotation")
+    not_before, not_after = not_before.replace(microsecond=0), not_after.replace(microsecond=0)
+    if not_after <= not_before:  # --now before the CA's NotBefore: nothing valid can be issued at all
+        raise ValidityError(f"{name}: nothing can be issued at {_when(ctx.now)}: its CA {ca_name} is valid only "
+                            f"from {_when(x509ops.not_before(ca)) if ca is not None else '?'}; check --now and the "
+                            "clock; nothing was changed")
+    if ctx.force_validity:
+        return not_before, not_after, capped
+    if not not_before <= ctx.clock < not_after:
+        hint = ""
+        if abs(ctx.now - ctx.clock) > dt.timedelta(minutes=5):
+            hint = f" (--now {ctx.now:%Y-%m-%dT%H:%M:%SZ} is not the real time {ctx.clock:%Y-%m-%dT%H:%M:%SZ})"
+        elif ca is not None and x509ops.not_before(ca) > ctx.clock:
+            hint = f" (its CA {ca_name} is not valid before {_when(x509ops.not_before(ca))}: check the clock)"
+        raise ValidityError(f"{name}: the new certificate would not be valid now: {_when(not_before)} to "
+                            f"{_when(not_after)}{hint}; pass --force-validity if you mean it; nothing was changed")
+    if not_after - not_before < dt.timedelta(days=ctx.min_days):
+        raise ValidityError(f"{name}: the new certificate would live only {not_after - not_before} (until "
+                            f"{_when(not_after)}, when its CA {ca_name} expires); renew or rotate the CA first, or "
+                            "pass --min-days / --force-validity; nothing was changed")
+    return not_before, not_after, capped
 
 
 def _plan_kubelet_serving(ctx: _Ctx, e: spec.Entry, explicit: bool) -> PlanItem:
@@ -235,8 +266,8 @@ def _plan_kubelet_serving(ctx: _Ctx, e: spec.Entry, explicit: bool) -> PlanItem:
     else:
         key = ctx.new_key(ctx.key_type or x509ops.key_description(old.public_key()))  # type: ignore[arg-type]
         key_new = True
-    new = x509ops.reissue(old, key.public_key(), None, key, (ctx.now - BACKDATE).replace(microsecond=0),
-                          (ctx.now + dt.timedelta(days=ctx.days)).replace(microsecond=0))
+    not_before, not_after, _ = _window(ctx, e.name, None, None)
+    new = x509ops.reissue(old, key.public_key(), None, key, not_before, not_after)
     _write_pair(ctx, cpath, kpath, new, key if key_new else None)
     return PlanItem(e.name, "renew", "self-signed", path=shown, old_serial=old.serial_number,
                     new_serial=new.serial_number, old_not_after=x509ops.not_after(old),
@@ -301,44 +332,6 @@ def _write_pair(ctx: _Ctx, cpath: str, kpath: str, cert: x509.Certificate,
 
 # --- kubeconfigs ---------------------------------------------------------------------------------
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def rewrite_kubeconfig(raw: bytes, doc: Dict[str, Any], user: str, cert_pem: bytes, key_pem: bytes,
-                       ca_pem: Optional[bytes], cluster: Optional[str]) -> bytes:
-    """Replace user ``user``'s embedded cert/key (and ``cluster``'s CA data), keeping every other byte.
-
-    kubeadm writes each base64 value on one line, so the old value is replaced in place; where that
-    is not possible (folded values, duplicates) the document is re-serialised with the same data.
-    """
-    u = next(x["user"] for x in doc["users"] if x.get("name") == user)
-    replacements = [(u.get("client-certificate-data"), _b64(cert_pem)), (u.get("client-key-data"), _b64(key_pem))]
-    c = None
-    if ca_pem is not None and cluster:
-        c = next((x["cluster"] for x in doc.get("clusters") or [] if x.get("name") == cluster), None)
-        if c is not None and c.get("certificate-authority-data") and \
-                base64.b64decode(c["certificate-authority-data"]) != ca_pem:
-            replacements.append((c.get("certificate-authority-data"), _b64(ca_pem)))
-    text = raw.decode()
-    # each old value must stand once, as a whole YAML scalar on its own line
-    in_place = all(old and text.count(f": {old}\n") == 1 and text.count(str(old)) == 1 for old, _ in replacements)
-    if in_place:
-        for old, new in replacements:
-            text = text.replace(f": {old}\n", f": {new}\n")
-        out = text.encode()
-        check = yaml.load(out, Loader=_Loader)
-        cu = next(x["user"] for x in check["users"] if x.get("name") == user)
-        if cu.get("client-certificate-data") == _b64(cert_pem) and cu.get("client-key-data") == _b64(key_pem):
-            return out
-    # fallback: same data, re-serialised
-    u["client-certificate-data"] = _b64(cert_pem)
-    u["client-key-data"] = _b64(key_pem)
-    if c is not None and ca_pem is not None:
-        c["certificate-authority-data"] = _b64(ca_pem)
-    return yaml.safe_dump(doc, sort_keys=False).encode()
-
-
 _Renewed = Tuple[x509.Certificate, x509.Certificate, bytes, bytes]  # old cert, new cert, new PEMs
 
 
@@ -360,7 +353,7 @@ def _plan_kubeconfig(ctx: _Ctx, e: spec.Entry, explicit: bool) -> Tuple[PlanItem
     new, key, _, item = _new_cert(ctx, e, old, old_key, shown)
     ca_pem = ctx.fs.read(ctx.cas["ca"].path)
     cert_pem, key_pem = x509ops.cert_pem(new), x509ops.key_pem(key)
-    data = rewrite_kubeconfig(raw, kc.doc, kc.user_name, cert_pem, key_pem, ca_pem, kc.cluster_name)
+    data = rewrite_kubeconfig(raw, kc.user_name, cert_pem, key_pem, ca_pem, kc.cluster_name, shown)
     mode, uid, gid = _mode_of(ctx.fs, path, 0o600)
     ctx.writes.append(Write(path, data, mode & 0o700 or 0o600, uid=uid, gid=gid))
     return item, (old, new, cert_pem, key_pem)
@@ -397,57 +390,28 @@ def _plan_kubelet_file(ctx: _Ctx, e: spec.Entry, kc: Kubeconfig, explicit: bool)
 
 
 def _plan_user_kubeconfigs(ctx: _Ctx, renewed: Dict[str, _Renewed]) -> List[PlanItem]:
-    """Copies of admin.conf / super-admin.conf under /root/.kube and /home/*/.kube: update the user
-    entries whose client cert is the old admin cert (same fingerprint or public key)."""
-    olds = [(name, v) for name, v in renewed.items() if name in ("admin.conf", "super-admin.conf")]
-    if not olds:
-        return []
-    dirs = list(USER_KUBE_DIRS) + [f"{HOME}/{h}/.kube" for h in ctx.fs.listdir(HOME)]
-    items = []
-    for d in dirs:
-        for name in ctx.fs.listdir(d):
-            path = f"{d}/{name}"
-            if ctx.fs.readlink(path) is not None:
-                continue  # a link (often to admin.conf itself): writing would turn it into a copy
-            try:
-                info = ctx.fs.info(path)
-                if info.size > 1 << 20 or info.is_dir:
-                    continue
-                raw = ctx.fs.read(path)
-                doc = yaml.safe_load(raw)
-            except (KubecertError, yaml.YAMLError, UnicodeDecodeError):
-                continue
-            if not isinstance(doc, dict) or not isinstance(doc.get("users"), list):
-                continue
-            data = raw
-            for user in doc["users"]:
-                body = (user or {}).get("user") or {}
-                try:
-                    cert = x509ops.load_cert(base64.b64decode(body.get("client-certificate-data", "")), path)
-                except (KubecertError, ValueError):
-                    continue
-                for src_name, (old, new, cert_pem, key_pem) in olds:
-                    if x509ops.fingerprint(cert) == x509ops.fingerprint(old) or \
-                            x509ops.spki_der(cert.public_key()) == x509ops.spki_der(old.public_key()):  # type: ignore[arg-type]
-                        data = rewrite_kubeconfig(data, yaml.safe_load(data), user["name"], cert_pem, key_pem,
-                                                  None, None)
-                        items.append(PlanItem(f"{path} [{user['name']}]", "renew", f"copy of {src_name}",
-                                              path=ctx.fs.display(path), old_serial=old.serial_number,
-                                              new_serial=new.serial_number, old_not_after=x509ops.not_after(old),
-                                              new_not_after=x509ops.not_after(new), key=f"as {src_name}",
-                                              new_fingerprint=x509ops.fingerprint(new)))
-                        break
-            if data != raw:  # it now holds a new private key: owner-only, as kubeadm's own files
-                ctx.writes.append(Write(path, data, info.mode & 0o700 or 0o600, uid=info.uid, gid=info.gid))
-    return items
+    """Copies of admin.conf / super-admin.conf under /root/.kube and /home/*/.kube (see userkube)."""
+    done = [userkube.Renewed(name, old, new, cert_pem, key_pem) for name, (old, new, cert_pem, key_pem) in renewed.items()]
+    writes, updates, notes = userkube.plan_copies(ctx.fs, done)
+    ctx.writes.extend(writes)
+    ctx.warnings.extend(notes)
+    return [PlanItem(f"{u.path} [{u.user}]", "renew", f"copy of {u.source.name}", path=ctx.fs.display(u.path),
+                     old_serial=u.source.old.serial_number, new_serial=u.source.new.serial_number,
+                     old_not_after=x509ops.not_after(u.source.old), new_not_after=x509ops.not_after(u.source.new),
+                     key=f"as {u.source.name}", new_fingerprint=x509ops.fingerprint(u.source.new))
+            for u in updates]
 
 
 # --- entry points --------------------------------------------------------------------------------
 
 def plan(fs: NodeFS, names: Sequence[str], *, now: dt.datetime, days: int = 365, key_mode: str = "new",
          key_type: Optional[str] = None, profile: Optional[spec.Profile] = None,
-         update_user_kubeconfigs: bool = False, signers: Optional[Signers] = None) -> Plan:
-    """Everything that renewal would write, computed in memory; reads the node, writes nothing."""
+         update_user_kubeconfigs: bool = False, signers: Optional[Signers] = None,
+         clock: Optional[dt.datetime] = None, min_days: float = 1.0, force_validity: bool = False) -> Plan:
+    """Everything that renewal would write, computed in memory; reads the node, writes nothing.
+
+    ``clock`` is the real time (default: ``now``): every new certificate must be valid then, start no
+    earlier than its CA and live at least ``min_days``, unless ``force_validity``."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     if days < 1:
@@ -456,7 +420,8 @@ def plan(fs: NodeFS, names: Sequence[str], *, now: dt.datetime, days: int = 365,
         raise KubecertError(f"unknown key type {key_type!r}; choose one of {', '.join(x509ops.KEY_TYPES)}")
     facts = gather(fs)
     profile = profile or detect_profile(fs, facts)
-    ctx = _Ctx(fs, facts, L.Layout(facts.pki_dir), now, days, key_mode, key_type)
+    ctx = _Ctx(fs, facts, L.Layout(facts.pki_dir), now, days, key_mode, key_type, clock or now, min_days,
+               force_validity)
     explicit = [n for n in names if n != "all"]
     on_node = [n for n in profile.names if n in spec.RENEWABLE]
     for n in explicit:
@@ -506,11 +471,14 @@ def apply(fs: NodeFS, p: Plan, *, fault: Optional[Fault] = None) -> Backup:
 
 
 def renew(fs: NodeFS, names: Sequence[str], *, now: dt.datetime, fault: Optional[Fault] = None,
-          **kwargs: Any) -> Result:
-    """Lock, recover any interrupted change, plan, apply."""
+          confirm: Optional[Callable[[Plan], bool]] = None, **kwargs: Any) -> Result:
+    """The node workflow without restarts: lock, recover any interrupted change, plan, ``confirm``
+    (shown the plan; False = write nothing), apply."""
     with fs.lock(LOCK):
-        recovered = recover(fs, now)
+        recovered = recover_node(fs, now)
         p = plan(fs, names, now=now, **kwargs)
+        if confirm is not None and not confirm(p) or not p.writes:
+            return Result(p, None, recovered)
         backup = apply(fs, p, fault=fault)
     return Result(p, backup, recovered)
 
@@ -521,33 +489,3 @@ def _hex(n: Optional[int]) -> Optional[str]:
 
 def _iso(t: Optional[dt.datetime]) -> Optional[str]:
     return None if t is None else t.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def rollback_unlocked(fs: NodeFS, backup_id: Optional[str], *, now: dt.datetime,
-                      fault: Optional[Fault] = None) -> Tuple[Backup, Backup]:
-    """Restore backup ``backup_id`` (default: the latest that took effect) atomically; the caller
-    holds the lock. The state it replaces is itself backed up first, so a rollback can be rolled
-    back. Returns (restored, new backup)."""
-    from .store.txn import list_backups, load_backup, restore_writes
-
-    if backup_id is None:
-        live = [b for b in list_backups(fs) if not b.undone]
-        backups = [b for b in live if b.action != "rollback"] or live
-        if not backups:
-            raise KubecertError(f"{fs.display(L.STATE_DIR)}: no backups to roll back to")
-        target = backups[-1]
-    else:
-        target = load_backup(fs, backup_id)
-    writes = restore_writes(fs, target)
-    backup = Transaction(fs, now=now, action="rollback", fault=fault).apply(
-        writes, [{"action": "rollback", "restored": target.id, "files": [e.path for e in target.entries]}])
-    return target, backup
-
-
-def rollback(fs: NodeFS, backup_id: Optional[str], *, now: dt.datetime,
-             fault: Optional[Fault] = None) -> Tuple[Backup, Backup, Optional[str]]:
-    """Lock, recover, then :func:`rollback_unlocked`. Returns (restored, new backup, recovered)."""
-    with fs.lock(LOCK):
-        recovered = recover(fs, now)
-        target, backup = rollback_unlocked(fs, backup_id, now=now, fault=fault)
-    return target, backup, recovered

@@ -35,8 +35,14 @@ def check(root: str, output: str, warn_text: str, crit_text: str, now_text: Opti
     from ..store import LocalFS
 
     profile = spec.parse_profile(profile_text) if profile_text else None
-    report = scan(LocalFS(root), now=now, profile=profile)
+    fs = LocalFS(root)
+    report = scan(fs, now=now, profile=profile)
     code = report.exit_code(warn, crit)
+    from ..space import human, renewal_needs
+
+    needs = renewal_needs(fs, [p for i in report.items for p in (i.path, i.key_path, i.cert_source)])
+    if any(n.short for n in needs):
+        code = max(code, 2)
     if output == "json":
         from ..report.structured import render_json
 
@@ -49,6 +55,10 @@ def check(root: str, output: str, warn_text: str, crit_text: str, now_text: Opti
         from ..report.text import render
 
         verdict = {0: "OK", 1: "WARNING", 2: "CRITICAL"}[code]
-        click.echo(render(report, f"status: {verdict} (exit {code}; warn {warn_text}, crit {crit_text})"),
-                   nl=False)
+        disk = "; ".join(f"{human(n.needed)} in {fs.display(n.directory)} ("
+                         + ("free space unknown" if n.free is None else
+                            f"{human(n.free)} free{', NOT ENOUGH: free some space first' if n.short else ''}") + ")"
+                         for n in needs)
+        click.echo(render(report, f"disk: a renewal needs about {disk}\n"
+                                  f"status: {verdict} (exit {code}; warn {warn_text}, crit {crit_text})"), nl=False)
     sys.exit(code)

@@ -16,8 +16,10 @@ from .common import (
     parse_duration,
     parse_now,
     print_plan,
+    real_now,
     runtime_options,
     runtime_setup,
+    with_validity,
 )
 
 
@@ -153,6 +155,7 @@ def cluster_check_cmd(inventory: str, cp_group: Optional[str], etcd_group: Optio
               help="Progress of this rollout, to resume after a stop (default: INVENTORY.kubecert-state.json).")
 @click.option("--days", default=365, show_default=True, type=click.IntRange(1, 36500))
 @runtime_options
+@with_validity
 @now_option
 @handle_errors
 def cluster_renew_cmd(inventory: str, cp_group: Optional[str], etcd_group: Optional[str], known_hosts: Optional[str],
@@ -160,7 +163,8 @@ def cluster_renew_cmd(inventory: str, cp_group: Optional[str], etcd_group: Optio
                       use_sudo: Optional[bool], dry_run: bool, yes: bool,
                       state_path: Optional[str], days: int, cri: Optional[str], strategy: str,
                       service_manager: Optional[str], restart_commands: tuple[str, ...],
-                      gate_timeouts: tuple[str, ...], restart_timeout: float, now_text: Optional[str]) -> None:
+                      gate_timeouts: tuple[str, ...], restart_timeout: float, min_days: float,
+                      force_validity: bool, now_text: Optional[str]) -> None:
     """Rolling renewal: etcd hosts first, then control planes, ONE at a time, each gated on the
     health of the whole cluster; stop at the first failure (that node is rolled back)."""
     import time
@@ -169,6 +173,7 @@ def cluster_renew_cmd(inventory: str, cp_group: Optional[str], etcd_group: Optio
     from ..cluster import RunState, cluster_renew, collect_signers, inventory_digest, rollout_order
 
     now = parse_now(now_text)
+    validity: dict[str, Any] = dict(clock=real_now(), min_days=min_days, force_validity=force_validity)
     hosts = _load_hosts(inventory, cp_group, etcd_group, ssh_user, use_sudo)
     connect = _connector(known_hosts, accept_new_host_keys, local_roots)
     console = Plain()
@@ -179,7 +184,7 @@ def cluster_renew_cmd(inventory: str, cp_group: Optional[str], etcd_group: Optio
         for h in rollout_order(hosts):
             conn = connect(h)
             try:
-                p = R.plan(conn.fs(), ["all"], now=now, days=days, signers=signers)
+                p = R.plan(conn.fs(), ["all"], now=now, days=days, signers=signers, **validity)
             finally:
                 conn.close()
             console.print(f"\n== {h.name} ({h.role}, {h.address})")
@@ -197,7 +202,7 @@ def cluster_renew_cmd(inventory: str, cp_group: Optional[str], etcd_group: Optio
         console.print(f"[{time.monotonic() - start:6.1f}s] {node:<12} {step:<24} {message}")
 
     run = cluster_renew(hosts, connect, now=now, state=state, options=options, timeouts=timeouts,
-                        progress=progress, days=days)
+                        progress=progress, days=days, **validity)
     console.print("")
     for n in run.nodes:
         console.print(f"{n.name:<14} {n.status:<12} {n.seconds:6.1f}s  {n.detail}")

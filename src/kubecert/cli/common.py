@@ -24,11 +24,23 @@ _DURATION = re.compile(r"^\s*(\d+)\s*([smhdwy]?)\s*$")
 _UNITS = {"": 86400, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
 
 
+MAX_DURATION = dt.timedelta(days=36500)  # 100 years: every --warn/--within/... is far below
+NOW_RANGE = (1971, 9899)  # --now years: date arithmetic with any duration stays in range
+
+
 def parse_duration(text: str) -> dt.timedelta:
     m = _DURATION.match(text)
-    if not m:
+    if not m or len(m.group(1)) > 12:
         raise click.BadParameter(f"{text!r} is not a duration like 30d, 12h, 90m")
-    return dt.timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
+    seconds = int(m.group(1)) * _UNITS[m.group(2)]
+    if seconds > MAX_DURATION.total_seconds():
+        raise click.BadParameter(f"{text!r} is longer than 100 years")
+    return dt.timedelta(seconds=seconds)
+
+
+def real_now() -> dt.datetime:
+    """The wall clock: what every new certificate must be valid at, whatever --now says."""
+    return dt.datetime.now(dt.timezone.utc)
 
 
 def parse_now(text: Optional[str]) -> dt.datetime:
@@ -43,7 +55,13 @@ def parse_now(text: Optional[str]) -> dt.datetime:
         raise click.BadParameter(f"{text!r} is not an RFC 3339 time like 2027-01-01T00:00:00Z") from None
     if when.tzinfo is None:
         raise click.BadParameter(f"{text!r} has no time zone; add Z or +00:00")
-    return when.astimezone(dt.timezone.utc)
+    try:
+        when = when.astimezone(dt.timezone.utc)
+    except OverflowError:
+        when = dt.datetime.min.replace(tzinfo=dt.timezone.utc)
+    if not NOW_RANGE[0] <= when.year <= NOW_RANGE[1]:
+        raise click.BadParameter(f"{text!r} is out of range (years {NOW_RANGE[0]} to {NOW_RANGE[1]})")
+    return when
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> None:
@@ -61,9 +79,10 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except KubecertError as exc:
-            fail(str(exc))
+            fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
-            fail("interrupted", 130)
+            fail("interrupted; if a change was under way, `kubecert recover` finishes it (`kubecert check` "
+                 "says whether one is pending)", 130)
 
     return wrapper  # type: ignore[return-value]
 
@@ -72,6 +91,21 @@ root_option = click.option("--root", default="/", show_default=True, metavar="DI
                            help="File-system root of the node (its /etc/kubernetes lives below it).")
 now_option = click.option("--now", "now_text", metavar="RFC3339",
                           help="Pin the clock (default: the real clock), e.g. 2027-01-01T00:00:00Z.")
+validity_options = [
+    click.option("--min-days", type=click.FloatRange(0, 36500), default=1.0, show_default=True,
+                 help="Refuse to issue a certificate that lives less (e.g. its CA expires sooner)."),
+    click.option("--force-validity", is_flag=True,
+                 help="Issue even when a certificate would not be valid at the real time, or live less than "
+                      "--min-days (only for rehearsals with --now)."),
+]
+
+
+def with_validity(fn: F) -> F:
+    for o in reversed(validity_options):
+        fn = o(fn)
+    return fn
+
+
 profile_option = click.option("--profile", "profile_text", type=click.Choice(spec.PROFILE_CHOICES),
                               help="Force the node's profile instead of detecting it.")
 

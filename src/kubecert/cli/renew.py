@@ -22,9 +22,11 @@ from .common import (
     print_steps,
     profile_option,
     progress_printer,
+    real_now,
     root_option,
     runtime_options,
     runtime_setup,
+    with_validity,
 )
 
 
@@ -46,14 +48,15 @@ from .common import (
                    "and the served certificate; roll back on failure.")
 @click.option("--no-rollback", is_flag=True, help="With --restart: leave a failed node as it is, for inspection.")
 @runtime_options
+@with_validity
 @now_option
 @profile_option
 @handle_errors
 def renew(names: tuple[str, ...], root: str, days: int, key_mode: str, key_type: Optional[str],
           update_user_kubeconfigs: bool, dry_run: bool, yes: bool, restart: bool, no_rollback: bool,
           cri: Optional[str], strategy: str, service_manager: Optional[str], restart_commands: tuple[str, ...],
-          gate_timeouts: tuple[str, ...], restart_timeout: float, now_text: Optional[str],
-          profile_text: Optional[str]) -> None:
+          gate_timeouts: tuple[str, ...], restart_timeout: float, min_days: float, force_validity: bool,
+          now_text: Optional[str], profile_text: Optional[str]) -> None:
     """Renew certificates and kubeconfigs offline, from the existing ones.
 
     NAMES are kubeadm's names (apiserver, etcd-server, admin.conf, ...) or `all` (the default).
@@ -62,16 +65,15 @@ def renew(names: tuple[str, ...], root: str, days: int, key_mode: str, key_type:
     """
     now = parse_now(now_text)
     from .. import renew as R
-    from ..recovery import recover_node
     from ..store import LocalFS
-    from ..store.txn import LOCK
 
     fs = LocalFS(root)
     profile = spec.parse_profile(profile_text) if profile_text else None
     console: Any = console_for() if restart else Plain()
     selected = list(names) or ["all"]
     kwargs = dict(days=days, key_mode=key_mode, key_type=key_type, profile=profile,
-                  update_user_kubeconfigs=update_user_kubeconfigs)
+                  update_user_kubeconfigs=update_user_kubeconfigs, clock=real_now(), min_days=min_days,
+                  force_validity=force_validity)
     if dry_run:
         from ..layout import JOURNAL
 
@@ -91,22 +93,25 @@ def renew(names: tuple[str, ...], root: str, days: int, key_mode: str, key_type:
                        runtime_setup(cri, strategy, service_manager, restart_commands, gate_timeouts,
                                       restart_timeout))
         return
-    with fs.lock(LOCK):
-        recovered = recover_node(fs, now)
-        if recovered:
-            console.print(f"recovered: {recovered}")
-        p = R.plan(fs, selected, now=now, **kwargs)  # type: ignore[arg-type]
+    def confirm(p: Any) -> bool:
         print_plan(p, console)
         if not p.writes:
-            console.print("nothing to renew")
-            _fail_on_stranded(p)
-            return
+            return False
         if not yes:
             if not sys.stdin.isatty():
                 fail("not a terminal and --yes not given; re-run with --yes to apply this plan")
             if not click.confirm(f"Renew {len(p.renewed)} item(s), writing {len(p.writes)} file(s)?"):
                 fail("aborted; nothing was written", 1)
-        backup = R.apply(fs, p, fault=fault_from_env())
+        return True
+
+    result = R.renew(fs, selected, now=now, fault=fault_from_env(), confirm=confirm, **kwargs)
+    if result.recovered:
+        console.print(f"recovered: {result.recovered}")
+    p, backup = result.plan, result.backup
+    if backup is None:
+        console.print("nothing to renew")
+        _fail_on_stranded(p)
+        return
     console.print(f"renewed {len(p.renewed)} item(s); backup {backup.id} in {fs.display(backup.dir)} "
                   f"(undo: kubecert rollback {backup.id}{'' if root == '/' else ' --root ' + root})")
     if p.components:

@@ -16,6 +16,7 @@ from .. import renew as R
 from .. import spec
 from ..errors import KubecertError
 from ..recovery import recover_node
+from ..rollback import rollback_unlocked
 from ..store import NodeFS
 from ..store.txn import LOCK, Backup, Fault
 from .runtime import Choice, Options, RestartResult, Runner, choose
@@ -145,7 +146,7 @@ def renew_restart(fs: NodeFS, names: Sequence[str], *, now: dt.datetime, options
             return Outcome(p, backup, first, recovered=recovered)
         failed = first.failed
         progress("", f"{failed.component if failed else '?'} failed: restoring backup {backup.id}")
-        R.rollback_unlocked(fs, backup.id, now=now)
+        rollback_unlocked(fs, backup.id, now=now, force=True)  # our own change, just made
         again = restart_in_order(verifier, choices, [s.component for s in first.steps], timeouts, progress)
         return Outcome(p, backup, first, True, again, recovered)
 

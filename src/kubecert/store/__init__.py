@@ -1,5 +1,5 @@
 """Storage: the node's file system behind one small interface (local root now, SFTP later)."""
 
-from .fs import FileInfo, LocalFS, NodeFS
+from .fs import MAX_READ, FileInfo, LocalFS, LockHeld, NodeFS
 
-__all__ = ["FileInfo", "LocalFS", "NodeFS"]
+__all__ = ["MAX_READ", "FileInfo", "LocalFS", "LockHeld", "NodeFS"]
