@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 from treeutil import (
     STATE_DIR,
+    assert_one_line_error,
     State,
     clean_env,
     copy_tree,
@@ -113,18 +114,6 @@ def renew_args(root: Path, *names: str, now: str = NOW, extra: Sequence[str] = (
 
 def rollback_args(root: Path, *backup: str, now: str = LATER) -> List[str]:
     return ["rollback", *backup, "--root", str(root), "--now", now, "--yes"]
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> str:
-    """Non-zero exit, no traceback, and stderr is exactly one ``kubecert: error:`` line."""
-    assert proc.returncode != 0, f"expected a refusal, got exit 0:\n{proc.stdout}"
-    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{proc.stderr}"
-    assert lines[0].startswith("kubecert: error: "), lines[0]
-    for n in needles:
-        assert n in lines[0], f"{n!r} not in {lines[0]!r}"
-    return lines[0]
 
 
 def steps_of(log: Path) -> List[Tuple[int, str]]:

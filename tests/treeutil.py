@@ -103,9 +103,21 @@ def strays(root: Path) -> List[str]:
     found = []
     for dirpath, _dirs, files in os.walk(root):
         for f in files:
-            if f.endswith(STRAY_SUFFIXES):
+            if f.endswith(STRAY_SUFFIXES) or ".kubecert-tmp-" in f:
                 found.append(os.path.relpath(os.path.join(dirpath, f), root))
     return sorted(found)
+
+
+def assert_one_line_error(proc: "subprocess.CompletedProcess[str]", *needles: str) -> str:
+    """Non-zero exit, no traceback, and stderr is exactly one ``kubecert: error:`` line."""
+    assert proc.returncode != 0, f"expected a refusal, got exit 0:\n{proc.stdout}"
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{proc.stderr}"
+    assert lines[0].startswith("kubecert: error: "), lines[0]
+    for n in needles:
+        assert n in lines[0], f"{n!r} not in {lines[0]!r}"
+    return lines[0]
 
 
 # --- key material --------------------------------------------------------------------------------

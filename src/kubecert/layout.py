@@ -15,6 +15,7 @@ KUBELET_CONFIG = "/var/lib/kubelet/config.yaml"
 KUBEADM_CONFIG_CANDIDATES = ("/etc/kubernetes/kubeadm-config.yaml", "/etc/kubernetes/kubeadm.yaml")
 STATE_DIR = "/etc/kubernetes/.kubecert"
 JOURNAL = STATE_DIR + "/journal.json"  # present only while a change is unfinished
+AUDIT_LOG = STATE_DIR + "/audit.log"
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from typing import Dict, List, Optional, Sequence
 
 from . import layout as L
 from .errors import KubecertError
+from .layout import AUDIT_LOG
 from .store import NodeFS
-from .store.txn import AUDIT_LOG
 
 SLACK = 64 << 10  # journal, manifest, UNDONE marker, directory blocks
 

@@ -112,12 +112,15 @@ profile_option = click.option("--profile", "profile_text", type=click.Choice(spe
 
 def fault_from_env() -> Any:
     """Test seam: KUBECERT_TEST_CRASH_AT=N dies like kill -9 at transaction step N;
-    KUBECERT_TEST_STEP_LOG=FILE records every step's label."""
+    KUBECERT_TEST_STEP_LOG=FILE records every step's label; KUBECERT_TEST_PAUSE_AT=N creates the
+    file KUBECERT_TEST_PAUSE_FLAG and sleeps at step N (where a test sends Ctrl-C)."""
     import os
+    import time
 
     crash_at = int(os.environ.get("KUBECERT_TEST_CRASH_AT", "0") or 0)
+    pause_at = int(os.environ.get("KUBECERT_TEST_PAUSE_AT", "0") or 0)
     log = os.environ.get("KUBECERT_TEST_STEP_LOG")
-    if not crash_at and not log:
+    if not crash_at and not log and not pause_at:
         return None
 
     def fault(step: int, label: str) -> None:
@@ -126,6 +129,10 @@ def fault_from_env() -> Any:
                 fh.write(f"{step} {label}\n")
         if step == crash_at:
             os._exit(137)
+        if step == pause_at:
+            with open(os.environ.get("KUBECERT_TEST_PAUSE_FLAG", os.devnull), "w") as fh:
+                fh.write(f"{os.getpid()}\n")
+            time.sleep(60)
 
     return fault
 

@@ -21,8 +21,6 @@ import datetime as dt
 import errno
 import fcntl
 import os
-import secrets
-import socket
 import stat
 from dataclasses import dataclass
 from typing import Callable, Iterator, List, Optional, Tuple
@@ -56,13 +54,19 @@ class LockHeld(StoreError):
 
 
 def temp_name(base: str) -> str:
-    return f".{base}{TMP_MARK}{secrets.token_hex(8)}"
+    return f".{base}{TMP_MARK}{os.urandom(8).hex()}"
+
+
+def _hostname() -> str:
+    import socket  # only lock holders need it: kept off `check`'s start-up path
+
+    return socket.gethostname()
 
 
 def lock_content(now: Optional[dt.datetime] = None, remote: bool = False) -> str:
     """What a lock file says about its holder: ``pid[@host] since``. The real clock: it is metadata."""
     when = (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    who = f"{os.getpid()}@{socket.gethostname()}" if remote else str(os.getpid())
+    who = f"{os.getpid()}@{_hostname()}" if remote else str(os.getpid())
     return f"{who} {when}\n"
 
 
@@ -75,7 +79,7 @@ def parse_holder(content: str) -> Tuple[str, str]:
 def holder_alive(holder: str) -> Optional[bool]:
     """Whether the process ``pid[@host]`` runs: True/False on this machine, None for another host."""
     pid, at, where = holder.partition("@")
-    if at and where != socket.gethostname():
+    if at and where != _hostname():
         return None
     if not pid.isdigit():
         return False
@@ -265,8 +269,16 @@ class LocalFS(NodeFS):
             os.close(fd)
 
     def exists(self, path: str) -> bool:
-        # a path escaping the root raises: refusing beats calling a file "missing"
-        return os.path.exists(self.host_path(path))
+        # a path escaping the root, or one we may not look at, raises: refusing beats calling a file "missing"
+        try:
+            os.stat(self.host_path(path))
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except PermissionError:
+            raise StoreError(f"{self.display(path)}: permission denied (run as root?)") from None
+        except OSError:
+            return False
+        return True
 
     def info(self, path: str, follow: bool = True) -> FileInfo:
         host = self.host_path(path, follow_last=follow)
@@ -284,6 +296,8 @@ class LocalFS(NodeFS):
             return sorted(os.listdir(self.host_path(path)))
         except FileNotFoundError:
             return []
+        except PermissionError:
+            raise StoreError(f"{self.display(path)}: cannot list (permission denied: run as root?)") from None
         except OSError as exc:
             raise StoreError(f"{self.display(path)}: cannot list ({exc.strerror})") from None
 

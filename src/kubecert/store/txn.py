@@ -36,12 +36,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .. import layout as L
 from ..errors import Interrupted, KubecertError, StoreError
-from ..layout import JOURNAL, STATE_DIR
+from ..layout import AUDIT_LOG, JOURNAL, STATE_DIR
 from .fs import TMP_MARK, NodeFS
 
 BACKUPS_DIR = STATE_DIR + "/backups"
 LOCK = STATE_DIR + "/lock"
-AUDIT_LOG = STATE_DIR + "/audit.log"
 STAGE_SUFFIX = ".kubecert-new"
 # where a crash can leave temp files besides the directories a journal names
 SWEEP_DIRS = (STATE_DIR, L.KUBERNETES_DIR, L.DEFAULT_PKI_DIR, L.DEFAULT_PKI_DIR + "/etcd", L.KUBELET_PKI_DIR)
@@ -287,13 +286,16 @@ class Transaction:
         paths = [w.path for w in writes]
         if len(set(paths)) != len(paths):
             raise StoreError("internal error: a transaction writes the same file twice")
-        for d in (STATE_DIR, BACKUPS_DIR):
-            fs.makedirs(d, 0o700)
-        backup_id, seq = _next_id(fs, self.now)
-        bdir = f"{BACKUPS_DIR}/{backup_id}"
-        journal: Dict[str, Any] = {"id": backup_id, "action": self.action, "state": "preparing",
-                                   "paths": paths, "records": [{**r, "backup": backup_id} for r in records]}
-        _write_journal(fs, journal)
+        try:
+            for d in (STATE_DIR, BACKUPS_DIR):
+                fs.makedirs(d, 0o700)
+            backup_id, seq = _next_id(fs, self.now)
+            bdir = f"{BACKUPS_DIR}/{backup_id}"
+            journal: Dict[str, Any] = {"id": backup_id, "action": self.action, "state": "preparing",
+                                       "paths": paths, "records": [{**r, "backup": backup_id} for r in records]}
+            _write_journal(fs, journal)
+        except KubecertError as exc:
+            raise StoreError(f"{exc}; nothing was changed{_space_hint(exc)}") from None
         try:
             self._step("journal preparing")
             backup = self._prepare(writes, backup_id, seq, restores)
