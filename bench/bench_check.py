@@ -34,7 +34,7 @@ from typing import Callable, Dict, List, Tuple
 GOAL_S = 0.12
 FIXTURES = Path(
     os.environ.get("KUBECERT_FIXTURES")
-    or Path(__file__).resolve().parents[1].parent / "shared/fixtures/kubeadm-v1.28.4"
+    or Path(__file__).resolve().parents[1] / "tests/fixtures/kubeadm-v1.28.4"
 )
 
 

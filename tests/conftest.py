@@ -1,7 +1,9 @@
 """Shared test helpers: where the kubeadm v1.28.4 fixtures live, and writable copies of them.
 
-The fixtures (``/work/shared/fixtures/kubeadm-v1.28.4``, a sibling of the checkout) are real trees
-written by kubeadm and are read-only: tests that change a tree work on a copy in ``tmp_path``.
+The fixtures (``tests/fixtures/kubeadm-v1.28.4``, with their README) are real trees written by
+kubeadm v1.28.4, kept in the project so that any clone runs every test; git stores their key files
+0644, so tests that read or change a tree work on a copy (``secure_copy``) with kubeadm's modes. A
+missing fixture is a failure, never a skip.
 """
 
 from __future__ import annotations
@@ -17,10 +19,7 @@ from typing import Callable, Dict, List, Optional
 
 import pytest
 
-FIXTURES = Path(
-    os.environ.get("KUBECERT_FIXTURES")
-    or Path(__file__).resolve().parents[1].parent / "shared/fixtures/kubeadm-v1.28.4"
-)
+FIXTURES = Path(os.environ.get("KUBECERT_FIXTURES") or Path(__file__).resolve().parent / "fixtures/kubeadm-v1.28.4")
 
 # kubeadm-ran-at.txt is truncated to the second and kubeadm ran somewhere inside that second.
 # Half a second later is inside the same second too, and keeps away from the exact second where
@@ -31,7 +30,7 @@ RAN_AT_OFFSET = dt.timedelta(milliseconds=500)
 def fixture_nodes() -> List[Path]:
     """Every fixture node: each directory holding a check-expiration.txt (renewed copies too)."""
     if not FIXTURES.is_dir():
-        return []
+        raise FileNotFoundError(f"kubeadm fixtures missing: {FIXTURES} (they are part of the project)")
     return sorted(p.parent for p in FIXTURES.glob("*/*/check-expiration.txt"))
 
 
@@ -43,7 +42,7 @@ def node(rel: str) -> Path:
     """A fixture node by ``scenario/node``."""
     path = FIXTURES / rel
     if not (path / "check-expiration.txt").is_file():
-        pytest.skip(f"fixture {path} not found (set KUBECERT_FIXTURES)")
+        pytest.fail(f"fixture {path} not found (tests/fixtures is part of the project)")
     return path
 
 

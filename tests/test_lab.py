@@ -14,13 +14,12 @@ import pytest
 import yaml
 from cryptography import x509
 
+from conftest import FIXTURES
 from kubecert import spec, x509ops
 from kubecert.inventory import scan
 from kubecert.lab import LabSpec, create
 from kubecert.store import LocalFS
 
-FIXTURES = Path(os.environ.get("KUBECERT_FIXTURES",
-                               Path(__file__).resolve().parents[2] / "shared/fixtures/kubeadm-v1.28.4"))
 NOW = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.timezone.utc)
 # SANs the lab may add: loopback, so it runs on 127.0.0.1, and the load balancer's name, which the
 # external-etcd fixture left out (its controlPlaneEndpoint is a bare IP)
