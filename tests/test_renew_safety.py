@@ -42,8 +42,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 from treeutil import (
     STATE_DIR,
-    assert_one_line_error,
     State,
+    assert_one_line_error,
     clean_env,
     copy_tree,
     diff,

@@ -14,7 +14,7 @@ from typing import List
 import pytest
 import yaml
 
-from treeutil import STATE_DIR, assert_one_line_error, copy_tree, diff, node_state, run_kubecert
+from treeutil import assert_one_line_error, copy_tree, diff, node_state, run_kubecert
 
 NOW = "2026-11-30T12:00:00Z"
 TIMES = ["2026-11-30T12:10:00Z", "2026-11-30T12:20:00Z", "2026-11-30T12:30:00Z"]

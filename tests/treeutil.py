@@ -108,7 +108,7 @@ def strays(root: Path) -> List[str]:
     return sorted(found)
 
 
-def assert_one_line_error(proc: "subprocess.CompletedProcess[str]", *needles: str) -> str:
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> str:
     """Non-zero exit, no traceback, and stderr is exactly one ``kubecert: error:`` line."""
     assert proc.returncode != 0, f"expected a refusal, got exit 0:\n{proc.stdout}"
     assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
