@@ -3,7 +3,11 @@
 :func:`start_sshds` (a context manager; :func:`start` without one) launches N independent
 ``/usr/sbin/sshd -D`` processes, in parallel, each on a free port with its own ed25519 host key,
 accepting one temp client key for root (``PermitRootLogin prohibit-password``, ``StrictModes no``,
-``UsePAM no``, ``Subsystem sftp internal-sftp``), logging to a file (``-E``). The config is checked
+``UsePAM no``, ``Subsystem sftp internal-sftp``), logging to a file (``-E``). Commands run as on a node:
+bash, started by sshd for a command, reads the login user's ``~/.bashrc`` when ``SHLVL`` < 2, and
+root's on a development machine (pyenv, cargo) costs ~120 ms of CPU per command, which a node's root
+does not have; the servers set ``SHLVL=1`` for their sessions so it is skipped (``shell_rc=True``
+keeps it, to measure with it). The config is checked
 with ``sshd -t`` first; the start waits, bounded, until each port accepts; :meth:`Servers.stop` (or
 leaving the ``with`` block) kills them all, and each dies with the test process anyway
 (``PR_SET_PDEATHSIG``). Keys are generated in-process with cryptography, so 100 servers start in
@@ -26,7 +30,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -125,7 +129,10 @@ class Servers:
                 s.proc.wait(5)
 
 
-def _config(d: Path, port: int, host_key: Path, authorized: Path, sftp_log: Optional[str]) -> str:
+def _config(d: Path, port: int, host_key: Path, authorized: Path, sftp_log: Optional[str], shell_rc: bool,
+            env: Dict[str, str]) -> str:
+    session = {**({} if shell_rc else {"SHLVL": "1"}), **env}
+    setenv = " ".join(f"{k}={v}" for k, v in session.items())
     return f"""\
 Port {port}
 ListenAddress {LOOPBACK}
@@ -143,6 +150,7 @@ PidFile {d}/sshd.pid
 LogLevel VERBOSE
 MaxStartups 200
 MaxSessions 50
+{f"SetEnv {setenv}" if setenv else ""}
 """
 
 
@@ -180,9 +188,12 @@ def _check_configs(servers: List[Server]) -> None:
             raise RuntimeError(f"sshd -t -f {s.config} failed: {out.decode(errors='replace').strip()}")
 
 
-def start(n: int, where: Path, timeout: float = 20.0, sftp_log: Optional[str] = None) -> Servers:
+def start(n: int, where: Path, timeout: float = 20.0, sftp_log: Optional[str] = None,
+          shell_rc: bool = False, env: Optional[Dict[str, str]] = None) -> Servers:
     """Start ``n`` sshd servers under directory ``where`` (created); stop them with ``.stop()``.
-    ``sftp_log`` (``DEBUG3``...) makes the SFTP server log each request into the server's log."""
+    ``sftp_log`` (``DEBUG3``...) makes the SFTP server log each request into the server's log;
+    ``shell_rc`` lets commands read the login user's ``~/.bashrc`` (see the module docstring);
+    ``env`` is set for every session (``SetEnv``: e.g. a ``PATH`` without find and tar)."""
     why = available()
     if why:
         raise RuntimeError(why)
@@ -200,7 +211,7 @@ def start(n: int, where: Path, timeout: float = 20.0, sftp_log: Optional[str] = 
         host_key = keypair(host_key_path, f"sshd-{i}")
         server = Server(d, port, " ".join(host_key.split()[:2]), host_key_path, client_key, group.known_hosts,
                         d / "sshd.log")
-        server.config.write_text(_config(d, port, host_key_path, authorized, sftp_log))
+        server.config.write_text(_config(d, port, host_key_path, authorized, sftp_log, shell_rc, env or {}))
         group.servers.append(server)
     group.known_hosts.write_text("".join(known_hosts_line(s.port, s.host_key) + "\n" for s in group))
     group.known_hosts.chmod(0o600)
@@ -230,9 +241,10 @@ def start(n: int, where: Path, timeout: float = 20.0, sftp_log: Optional[str] = 
 
 
 @contextlib.contextmanager
-def start_sshds(n: int, where: Path, sftp_log: Optional[str] = None) -> Iterator[Servers]:
+def start_sshds(n: int, where: Path, sftp_log: Optional[str] = None, shell_rc: bool = False,
+                env: Optional[Dict[str, str]] = None) -> Iterator[Servers]:
     """``with start_sshds(n, dir) as servers:`` — N running servers, all killed on leaving."""
-    group = start(n, where, sftp_log=sftp_log)
+    group = start(n, where, sftp_log=sftp_log, shell_rc=shell_rc, env=env)
     try:
         yield group
     finally:

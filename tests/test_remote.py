@@ -40,7 +40,7 @@ from kubecert.errors import StoreError
 from kubecert.remote.sftpfs import SFTPFS
 from kubecert.remote.ssh import Connection, TransportError
 from kubecert.store import txn
-from kubecert.store.fs import LocalFS
+from kubecert.store.fs import LocalFS, LockHeld
 from treeutil import copy_tree, diff, key_leaks, node_state, private_keys_under, run_kubecert, strays
 
 try:
@@ -311,7 +311,7 @@ def test_write_atomic_mode_owner_fsync_rename(logged: sshd.Server, tmp_path: Pat
         fs.write_atomic("/etc/kubernetes/pki/apiserver.crt", b"one", 0o640)
         assert (target.read_bytes(), target.stat().st_mode & 0o7777) == (b"one", 0o640)
         inode = target.stat().st_ino
-        # a symlink planted at the temp name is not followed (LocalFS: O_NOFOLLOW)
+        # a symlink planted at the old fixed temp name is left alone (the name is unpredictable now)
         (root / "etc/kubernetes/pki/.apiserver.crt.kubecert-tmp").symlink_to(outside)
         fs.write_atomic("/etc/kubernetes/pki/apiserver.crt", b"two", 0o600, uid=4321, gid=4322)
         st = target.stat()
@@ -324,13 +324,16 @@ def test_write_atomic_mode_owner_fsync_rename(logged: sshd.Server, tmp_path: Pat
         assert fs.info("/etc/kubernetes/pki/big").size == len(big)
         fs.write_atomic("/etc/kubernetes/pki/empty", b"", 0o644)
         assert fs.read("/etc/kubernetes/pki/empty") == b""
+    (root / "etc/kubernetes/pki/.apiserver.crt.kubecert-tmp").unlink()
     assert strays(root) == []
     assert sorted(os.listdir(root / "etc/kubernetes/pki")) == ["apiserver.crt", "big", "empty"]
-    # what went over the wire, in order: exclusive create, chmod/chown, data, fsync, rename
+    # what went over the wire, in order: exclusive create of ".<base>.kubecert-tmp-<16 hex>" (a new
+    # name each time), chmod/chown, data, fsync, rename
     log = logged.sftp_log_text().splitlines()
-    tmp_name = f'{root}/etc/kubernetes/pki/.apiserver.crt.kubecert-tmp'
-    opens = [i for i, line in enumerate(log) if line.startswith(f'open "{tmp_name}"')]
-    assert opens and all("flags WRITE,CREATE,EXCL" in log[i] for i in opens), log
+    tmp_name = re.compile(rf'open "{re.escape(str(root))}/etc/kubernetes/pki/\.apiserver\.crt\.kubecert-tmp-[0-9a-f]{{16}}"')
+    opens = [i for i, line in enumerate(log) if tmp_name.match(line)]
+    assert len(opens) == 2 and all("flags WRITE,CREATE,EXCL" in log[i] for i in opens), log
+    assert log[opens[0]].split('"')[1] != log[opens[1]].split('"')[1], "the temp name must not repeat"
     last = log[opens[-1]:]
     requests = [m.group(1) for m in (re.match(r"debug\d: request \d+: ([a-z-]+)", line) for line in last)
                 if m and m.group(1) != "sent"]
@@ -441,7 +444,7 @@ def test_errors_name_host_and_file(servers: sshd.Servers, tmp_path: Path, said: 
         refusal(said, StoreError, lambda: fs.info("/etc/none"), f"{shown}/etc/none: no such file")
         refusal(said, StoreError, lambda: fs.write_atomic("/nodir/x", b"x"), f"{shown}/nodir/x: write failed")
         (root / "etc/file").write_text("f")
-        refusal(said, StoreError, lambda: fs.makedirs("/etc/file"), f"{shown}/etc/file: cannot create directory")
+        refusal(said, StoreError, lambda: fs.makedirs("/etc/file"), f"{shown}/etc/file: creating the directory failed")
     with connect(servers[0], root=str(root / "missing")) as conn:
         refusal(said, StoreError, conn.fs, f"node-1:{root}/missing: root directory does not exist")
     with connect(servers[0]) as conn:
@@ -451,24 +454,54 @@ def test_errors_name_host_and_file(servers: sshd.Servers, tmp_path: Path, said: 
 def test_lock_refuses_a_second_run_naming_the_holder(servers: sshd.Servers, tmp_path: Path, said: List[str]) -> None:
     root = node_tree(tmp_path)
     lock = root / "etc/kubernetes/.kubecert/lock"
+    mine = re.compile(rf"{os.getpid()}@{re.escape(HOSTNAME)} \d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\dZ\n")
     with connect(servers[0], root=str(root)) as one, connect(servers[1], root=str(root)) as two:
-        with one.fs().lock(txn.LOCK):
-            assert lock.read_text() == f"{os.getpid()}@{HOSTNAME}\n"
+        with one.fs().lock(txn.LOCK) as broken:
+            assert broken is None
+            content = lock.read_text()
+            assert mine.fullmatch(content), content  # "<pid>@<host> <since>"
+            since = content.split()[1]
+            assert abs(dt.datetime.strptime(since, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
+                       - dt.datetime.now(dt.timezone.utc)) < dt.timedelta(minutes=1), "the real clock"
             assert lock.parent.stat().st_mode & 0o777 == 0o700
-            refusal(said, StoreError, lambda: two.fs().lock(txn.LOCK).__enter__(),
-                    f"another kubecert run (pid {os.getpid()} on {HOSTNAME}) holds the lock "
-                    f"node-1:{root}/etc/kubernetes/.kubecert/lock")
+            for break_lock in (False, True):  # a live run of this machine is never broken
+                with pytest.raises(LockHeld) as held:
+                    two.fs().lock(txn.LOCK, break_lock=break_lock).__enter__()
+                said.append(str(held.value))
+                assert (held.value.holder, held.value.since) == (f"{os.getpid()}@{HOSTNAME}", since)
+                assert str(held.value) == (f"another kubecert run (pid {os.getpid()} on {HOSTNAME}, since {since}) "
+                                           f"holds the lock node-1:{root}/etc/kubernetes/.kubecert/lock; it is still "
+                                           "running: wait for it to finish")
+            assert lock.read_text() == content
         assert not lock.exists(), "released: removed"
-        for content in ("", f"999999999@{HOSTNAME}\n"):  # released by LocalFS (empty); its run is gone
+        for stale in ("", f"999999999@{HOSTNAME}\n", f"999999999@{HOSTNAME} 2026-01-01T00:00:00Z\n"):
+            lock.write_text(stale)  # released by LocalFS (empty); its run is gone: cleaned up unasked
+            with two.fs().lock(txn.LOCK) as broken:
+                assert broken is None and mine.fullmatch(lock.read_text())
+        # another machine's run (old and new format): maybe gone, maybe not; refused with the way out,
+        # taken over only with break_lock
+        for content, who in (("4242@operator-laptop\n", "pid 4242 on operator-laptop"),
+                             ("4242@operator-laptop 2026-11-29T10:00:00Z\n",
+                              "pid 4242 on operator-laptop, since 2026-11-29T10:00:00Z")):
             lock.write_text(content)
-            with two.fs().lock(txn.LOCK):
-                assert lock.read_text() == f"{os.getpid()}@{HOSTNAME}\n"
-        lock.write_text("4242@operator-laptop\n")
-        refusal(said, StoreError, lambda: one.fs().lock(txn.LOCK).__enter__(),
-                "another kubecert run (pid 4242 on operator-laptop) holds the lock", "remove the lock file")
-        lock.write_text("31337\n")  # a kubecert run on the node itself (LocalFS writes its pid)
-        refusal(said, StoreError, lambda: one.fs().lock(txn.LOCK).__enter__(), "(pid 31337 on node-1)")
-        assert lock.read_text() == "31337\n"
+            message = refusal(said, LockHeld, lambda: one.fs().lock(txn.LOCK).__enter__(),
+                              f"another kubecert run ({who}) holds the lock",
+                              "if that run is gone: kubecert recover --break-lock")
+            assert "still running" not in message
+            assert lock.read_text() == content, "a refusal leaves the lock as it was"
+            with one.fs().lock(txn.LOCK, break_lock=True) as broken:
+                assert broken == who
+                assert mine.fullmatch(lock.read_text())
+            assert not lock.exists()
+        # a run on the node itself (a bare pid): its flock is invisible over SFTP, so even break_lock
+        # refuses and points at the node
+        lock.write_text("31337 2026-11-29T10:00:00Z\n")
+        for brk in (False, True):
+            refusal(said, LockHeld, lambda b=brk: one.fs().lock(txn.LOCK, break_lock=b).__enter__(),
+                    "another kubecert run (pid 31337 on node-1, since 2026-11-29T10:00:00Z) holds the lock",
+                    "it runs on the node itself: wait for it, or run `kubecert recover` there")
+            assert lock.read_text() == "31337 2026-11-29T10:00:00Z\n"
+        lock.unlink()
 
 
 # --- kubecert over SFTP ----------------------------------------------------------------------------

@@ -92,12 +92,21 @@ class ClusterReport:
 
 # --- check -----------------------------------------------------------------------------------------
 
+def _read_only_fs(conn: Conn) -> NodeFS:
+    """The node's files for a read-only pass: a transport that can read them all at once (SSH:
+    one remote command instead of hundreds of SFTP requests) offers ``prefetched_fs()``."""
+    prefetched = getattr(conn, "prefetched_fs", None)
+    fs = prefetched() if callable(prefetched) else conn.fs()
+    assert isinstance(fs, NodeFS)
+    return fs
+
+
 def _gather_node(h: Any, connect: Connect, now: dt.datetime, want_members: bool) -> NodeData:
     start = time.monotonic()
     conn = None
     try:
         conn = connect(h)
-        fs = conn.fs()
+        fs = _read_only_fs(conn)
         report = scan(fs, now=now)
         servers = {}
         for name in ("admin.conf", "super-admin.conf", "controller-manager.conf", "scheduler.conf", "kubelet.conf"):

@@ -7,6 +7,13 @@ Ansible semantics followed: ranges in host names (``node[01:03]``, ``[a:c]``, ``
 nested with ``children``, variable precedence host > group (deeper group over its parents, then
 ``ansible_group_priority``, then name) > ``all``, the address defaulting to the inventory hostname,
 and ``{{ var }}`` references to plain variables (anything richer in Jinja is refused, not guessed).
+
+What an inventory may cost is bounded, each limit a one-line :class:`ConfigError`: the file is a
+regular file of at most :data:`kubecert.yamlsafe.MAX_BYTES` bytes (YAML also at most
+:data:`kubecert.yamlsafe.MAX_NODES` values, aliases counted), at most :data:`MAX_INVENTORY_HOSTS`
+hosts after range expansion, :data:`MAX_CLUSTER_HOSTS` control-plane and etcd hosts to reach, groups
+nested at most :data:`MAX_GROUP_DEPTH` deep, and a value at most :data:`MAX_RENDERED` characters
+once its ``{{ var }}`` references are substituted.
 """
 
 from __future__ import annotations
@@ -15,11 +22,13 @@ import os
 import posixpath
 import re
 import shlex
+import stat
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 import yaml
 
+from .. import yamlsafe
 from ..errors import ConfigError
 
 CONTROL_PLANE = "control-plane"
@@ -31,6 +40,11 @@ CP_GROUPS = ("kube_control_plane", "control_plane", "masters", "kube-master", "k
 ETCD_GROUPS = ("etcd",)
 
 KIND = "KubecertInventory"
+
+MAX_INVENTORY_HOSTS = 100_000  # hosts in the whole inventory, workers included, after range expansion
+MAX_CLUSTER_HOSTS = 1000  # control planes and etcd hosts to reach (a real cluster has a handful)
+MAX_GROUP_DEPTH = 100  # groups nested in groups
+MAX_RENDERED = 65536  # characters of a value after {{ var }} substitution
 
 
 @dataclass(frozen=True)
@@ -73,13 +87,16 @@ def load_inventory(path: str, *, cp_group: Optional[str] = None, etcd_group: Opt
             if cp_group is not None or etcd_group is not None:
                 raise src.error("--cp-group/--etcd-group apply to Ansible inventories; this kubecert inventory "
                                 "gives each host's role")
-            return _order(_kubecert_hosts(data, doc, src))
+            return _order(_kubecert_hosts(data, doc, src), src)
         else:
             inv = _parse_ansible_yaml(data, doc, src)
-    return _order(_ansible_hosts(inv, src, cp_group, etcd_group))
+    return _order(_ansible_hosts(inv, src, cp_group, etcd_group), src)
 
 
-def _order(hosts: Sequence[Host]) -> List[Host]:
+def _order(hosts: Sequence[Host], src: _Src) -> List[Host]:
+    if len(hosts) > MAX_CLUSTER_HOSTS:
+        raise src.error(f"{len(hosts)} control-plane and etcd hosts, more than {MAX_CLUSTER_HOSTS} hosts in one "
+                        "cluster; a wrong group or range?")
     # sorted() is stable: file order within each role
     return sorted(hosts, key=lambda h: 0 if h.role == ETCD else 1)
 
@@ -93,7 +110,18 @@ class _Src:
 
     def error(self, msg: str, line: Optional[int] = None) -> ConfigError:
         where = f"{self.path}:{line}" if line else self.path
-        return ConfigError(f"{where}: {msg}".replace("\n", " "))
+        return ConfigError(_printable(f"{where}: {msg}".replace("\n", " ")))
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped: an inventory's bytes never reach a terminal raw."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _show(value: object) -> str:
+    """A value for an error message: its repr, cut short (a YAML value can be a whole document)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @dataclass(frozen=True)
@@ -109,17 +137,39 @@ class _Where:
 
 
 def _read(path: str) -> str:
+    """The inventory's text: a regular file (a FIFO or a device could block or never end) of at most
+    :data:`kubecert.yamlsafe.MAX_BYTES` bytes."""
+    limit = yamlsafe.MAX_BYTES
+    shown = _printable(path)
     try:
-        with open(path, encoding="utf-8-sig") as f:  # a BOM would hide the first [group]
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such inventory file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, not an inventory file") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a text file (neither YAML nor an Ansible INI inventory)") from None
+        raise ConfigError(f"{shown}: no such inventory file") from None
+    except ValueError:  # a NUL byte in the name
+        raise ConfigError(f"{shown}: not a valid file name") from None
     except OSError as e:
-        raise ConfigError(f"{path}: cannot read the inventory: {e.strerror}") from None
+        raise ConfigError(f"{shown}: cannot read the inventory: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ConfigError(f"{shown}: is a directory, not an inventory file")
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{shown}: not a regular file (a FIFO or a device?); an inventory is a file")
+        if st.st_size > limit:
+            raise ConfigError(f"{shown}: {st.st_size} bytes, more than the {limit} bytes an inventory may have")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise ConfigError(f"{shown}: cannot read the inventory: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise ConfigError(f"{shown}: grew past the {limit} bytes an inventory may have")
+    try:
+        text = data.decode("utf-8-sig")  # a BOM would hide the first [group]
+    except UnicodeDecodeError:
+        raise ConfigError(f"{shown}: not a text file (neither YAML nor an Ansible INI inventory)") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")  # universal newlines, as a text-mode open()
 
 
 # ---------------------------------------------------------------------------------------- YAML with lines
@@ -175,8 +225,11 @@ def _load_yaml(text: str, src: _Src) -> Tuple[Any, _Doc]:
         problem = getattr(e, "problem", None) or str(e)
         raise src.error(f"neither YAML nor an Ansible INI inventory (YAML: {context + ': ' if context else ''}{problem})",
                         mark.line + 1 if mark is not None else None) from None
+    except (ValueError, TypeError, OverflowError, RecursionError) as e:  # nesting too deep, a bad date...
+        raise src.error(f"unreadable YAML ({type(e).__name__})") from None
     finally:
         loader.dispose()
+    yamlsafe.bounded(data, src.path, ConfigError)
     return data, _Doc(loader.map_lines, loader.key_lines)
 
 
@@ -185,21 +238,22 @@ def _load_yaml(text: str, src: _Src) -> Tuple[Any, _Doc]:
 
 def _text(value: object, what: str, w: _Where) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise w.error(f"{what} must be a non-empty string, not {value!r}")
+        raise w.error(f"{what} must be a non-empty string, not {_show(value)}")
     value = value.strip()
     if any(c.isspace() for c in value):
-        raise w.error(f"{what} {value!r} contains whitespace")
+        raise w.error(f"{what} {_show(value)} contains whitespace")
     return value
 
 
 def _port(value: object, what: str, w: _Where) -> int:
-    if isinstance(value, bool):
-        raise w.error(f"bad {what} {value!r}: not a port number (1-65535)")
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
         value = int(value.strip())
-    if not isinstance(value, int) or not 1 <= value <= 65535:
-        raise w.error(f"bad {what} {value!r}: not a port number (1-65535)")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise w.error(f"bad {what} {_show(value)}: not a port number (1-65535)")
     return value
+
+
+_DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII digits only, and never more than int() takes quickly
 
 
 _TRUE = {"true", "yes", "on", "1", "y"}
@@ -213,20 +267,20 @@ def _bool(value: object, what: str, w: _Where) -> bool:
         return bool(value)
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
         return value.strip().lower() in _TRUE
-    raise w.error(f"{what} must be true or false, not {value!r}")
+    raise w.error(f"{what} must be true or false, not {_show(value)}")
 
 
 def _key(value: object, what: str, w: _Where) -> Optional[str]:
     if value is None:
         return None
-    if not isinstance(value, str) or not value.strip():
-        raise w.error(f"{what} must be a file name, not {value!r}")
+    if not isinstance(value, str) or not value.strip() or "\0" in value:
+        raise w.error(f"{what} must be a file name, not {_show(value)}")
     return os.path.expanduser(value.strip())
 
 
 def _root(value: object, what: str, w: _Where) -> str:
-    if not isinstance(value, str) or not value.startswith("/"):
-        raise w.error(f"{what} {value!r} is not an absolute path")
+    if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
+        raise w.error(f"{what} {_show(value)} is not an absolute path")
     root = posixpath.normpath(value)
     return "/" + root.lstrip("/")  # normpath keeps a leading "//"
 
@@ -238,7 +292,7 @@ def _jump(value: object, what: str, w: _Where) -> Optional[str]:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise w.error(f"{what} {value!r} is not [user@]host[:port]")
+        raise w.error(f"{what} {_show(value)} is not [user@]host[:port]")
     jump = value.strip()
     if jump.lower() == "none":
         return None
@@ -267,10 +321,11 @@ def _is_kubecert(data: Dict[Any, Any]) -> bool:
 
 def _kubecert_hosts(data: Dict[Any, Any], doc: _Doc, src: _Src) -> List[Host]:
     if data.get("kind", KIND) != KIND:
-        raise src.error(f"kind {data['kind']!r} is not {KIND}", doc.key_line(data, "kind"))
+        raise src.error(f"kind {_show(data['kind'])} is not {KIND}", doc.key_line(data, "kind"))
     for k in data:
         if k not in _TOP_KEYS:
-            raise src.error(f"unknown key {k!r} in a kubecert inventory (kind, defaults, hosts)", doc.key_line(data, k))
+            raise src.error(f"unknown key {_show(k)} in a kubecert inventory (kind, defaults, hosts)",
+                            doc.key_line(data, k))
     defaults = data.get("defaults")
     if defaults is None:
         defaults = {}
@@ -278,7 +333,7 @@ def _kubecert_hosts(data: Dict[Any, Any], doc: _Doc, src: _Src) -> List[Host]:
         raise src.error("defaults must be a mapping", doc.key_line(data, "defaults"))
     for k in defaults:
         if k not in _FIELDS:
-            raise src.error(f"unknown key {k!r} in defaults ({', '.join(_FIELDS)})", doc.key_line(defaults, k))
+            raise src.error(f"unknown key {_show(k)} in defaults ({', '.join(_FIELDS)})", doc.key_line(defaults, k))
     entries = data.get("hosts")
     if not isinstance(entries, list):
         raise src.error("hosts must be a list of {name, address, role, ...}", doc.key_line(data, "hosts"))
@@ -290,10 +345,11 @@ def _kubecert_hosts(data: Dict[Any, Any], doc: _Doc, src: _Src) -> List[Host]:
     for i, entry in enumerate(entries):
         line = doc.line_of(entry) or doc.key_line(data, "hosts")
         if not isinstance(entry, dict):
-            raise src.error(f"hosts[{i}] must be a mapping with name, address and role, not {entry!r}", line)
+            raise src.error(f"hosts[{i}] must be a mapping with name, address and role, not {_show(entry)}", line)
         for k in entry:
             if k not in _HOST_KEYS:
-                raise src.error(f"hosts[{i}]: unknown key {k!r} ({', '.join(_HOST_KEYS)})", doc.key_line(entry, k))
+                raise src.error(f"hosts[{i}]: unknown key {_show(k)} ({', '.join(_HOST_KEYS)})",
+                                doc.key_line(entry, k))
         if "name" not in entry:
             raise src.error(f"hosts[{i}] has no name", line)
         name = _text(entry["name"], "name", _Where(src, doc.key_line(entry, "name"), f"#{i}"))
@@ -312,7 +368,7 @@ def _kubecert_hosts(data: Dict[Any, Any], doc: _Doc, src: _Src) -> List[Host]:
         if role is None:
             raise _Where(src, line, name).error("no role (control-plane or etcd)")
         if role not in ROLES:
-            raise where("role").error(f"unknown role {role!r} (control-plane or etcd)")
+            raise where("role").error(f"unknown role {_show(role)} (control-plane or etcd)")
         merged = {**defaults, **entry}
         etcd_member = _bool(merged.get("etcd_member", role == ETCD), "etcd_member", where("etcd_member"))
         if role == ETCD and not etcd_member:
@@ -344,7 +400,8 @@ class _Var(NamedTuple):
 class _Group:
     name: str
     line: Optional[int]
-    hosts: List[str] = field(default_factory=list)  # direct members
+    hosts: List[str] = field(default_factory=list)  # direct members, in file order
+    members: Set[str] = field(default_factory=set)  # the same, to test membership at once
     children: List[str] = field(default_factory=list)
     vars: Dict[str, _Var] = field(default_factory=dict)
 
@@ -360,12 +417,17 @@ class _Inventory:
             self.groups[name] = _Group(name, line)
         return self.groups[name]
 
-    def add_host(self, group: str, host: str, line: Optional[int], hvars: Dict[str, _Var]) -> None:
+    def add_hosts(self, group: str, hosts: Sequence[str], line: Optional[int], hvars: Dict[str, _Var],
+                  src: _Src) -> None:
         g = self.group(group, line)
-        if host not in g.hosts:
-            g.hosts.append(host)
-        self.host_lines.setdefault(host, line)
-        self.host_vars.setdefault(host, {}).update(hvars)
+        for host in hosts:
+            if host not in g.members:
+                g.hosts.append(host)
+                g.members.add(host)
+            self.host_lines.setdefault(host, line)
+            self.host_vars.setdefault(host, {}).update(hvars)
+        if len(self.host_vars) > MAX_INVENTORY_HOSTS:
+            raise src.error(f"more than {MAX_INVENTORY_HOSTS} hosts in the inventory", line)
 
     def add_child(self, parent: str, child: str, line: Optional[int]) -> None:
         p = self.group(parent, line)
@@ -375,43 +437,57 @@ class _Inventory:
 
 
 _RANGE = re.compile(r"\[([^\[\]]*)\]")
-_MAX_EXPANSION = 100_000
+_RANGE_BOUND = re.compile(r"[0-9]{1,9}")
 
 
-def _expand(pattern: str, w: _Where) -> List[str]:
-    """Ansible host ranges: ``node[01:03]`` (zero-padded), ``master-[1:3]``, ``[a:c]``, ``[1:9:2]``."""
-    m = _RANGE.search(pattern)
-    if m is None:
-        if "[" in pattern or "]" in pattern:
-            raise w.error(f"unbalanced brackets in host pattern {pattern!r}")
-        return [pattern]
-    head, spec, tail = pattern[:m.start()], m.group(1), pattern[m.end():]
+def _range_values(spec: str, pattern: str, w: _Where) -> List[str]:
+    """The names one ``[start:end(:step)]`` stands for."""
     bad = f"bad host range [{spec}] in {pattern!r} (expected [start:end] or [start:end:step])"
     parts = spec.split(":")
-    if len(parts) not in (2, 3) or "[" in head or "]" in head:
+    if len(parts) not in (2, 3):
         raise w.error(bad)
     beg, end = parts[0] or "0", parts[1]
-    step = parts[2] if len(parts) == 3 else "1"
-    if not step.isdigit() or int(step) < 1:
+    step_text = parts[2] if len(parts) == 3 else "1"
+    if not _RANGE_BOUND.fullmatch(step_text) or int(step_text) < 1:
         raise w.error(bad)
-    values: List[str]
-    if beg.isdigit() and end.isdigit():
+    step = int(step_text)
+    width = 0
+    if _RANGE_BOUND.fullmatch(beg) and _RANGE_BOUND.fullmatch(end):
         width = len(beg) if beg.startswith("0") and len(beg) > 1 else 0
         if width and len(end) != width:
             raise w.error(f"host range [{spec}] in {pattern!r}: a zero-padded start needs an end of the same width")
         lo, hi = int(beg), int(end)
-        values = [str(i).zfill(width) for i in range(lo, hi + 1, int(step))]
+        letters = False
     elif len(beg) == 1 and len(end) == 1 and beg.isascii() and beg.isalpha() and end.isascii() and end.isalpha():
         lo, hi = ord(beg), ord(end)
-        values = [chr(c) for c in range(lo, hi + 1, int(step))]
+        letters = True
     else:
         raise w.error(bad)
     if lo > hi:
         raise w.error(f"host range [{spec}] in {pattern!r} ends before it starts")
-    tails = _expand(tail, w)
-    if len(values) * len(tails) > _MAX_EXPANSION:
-        raise w.error(f"host pattern {pattern!r} expands to more than {_MAX_EXPANSION} hosts")
-    return [head + v + t for v in values for t in tails]
+    if (hi - lo) // step + 1 > MAX_INVENTORY_HOSTS:
+        raise w.error(f"host pattern {pattern!r} expands to more than {MAX_INVENTORY_HOSTS} hosts")
+    return [chr(c) if letters else str(c).zfill(width) for c in range(lo, hi + 1, step)]
+
+
+def _expand(pattern: str, w: _Where) -> List[str]:
+    """Ansible host ranges: ``node[01:03]`` (zero-padded), ``master-[1:3]``, ``[a:c]``, ``[1:9:2]``."""
+    names = [""]
+    rest = pattern
+    while True:
+        m = _RANGE.search(rest)
+        if m is None:
+            if "[" in rest or "]" in rest:
+                raise w.error(f"unbalanced brackets in host pattern {pattern!r}")
+            return [n + rest for n in names]
+        head = rest[:m.start()]
+        if "[" in head or "]" in head:
+            raise w.error(f"bad host range [{m.group(1)}] in {pattern!r} (expected [start:end] or [start:end:step])")
+        values = _range_values(m.group(1), pattern, w)
+        if len(names) * len(values) > MAX_INVENTORY_HOSTS:
+            raise w.error(f"host pattern {pattern!r} expands to more than {MAX_INVENTORY_HOSTS} hosts")
+        names = [n + head + v for n in names for v in values]
+        rest = rest[m.end():]
 
 
 def _split_port(pattern: str) -> Tuple[str, Optional[str]]:
@@ -487,8 +563,7 @@ def _parse_ini(text: str, src: _Src) -> _Inventory:
                 if not eq or not k:
                     raise src.error(f"expected key=value after host {tokens[0]!r}, got {token!r}", lineno)
                 hvars[k] = _Var(v, lineno)
-            for name in names:
-                inv.add_host(group, name, lineno, hvars)
+            inv.add_hosts(group, names, lineno, hvars, src)
         elif kind == "vars":
             k, eq, v = line.partition("=")
             if not eq or not k.strip():
@@ -515,7 +590,7 @@ def _parse_ansible_yaml(data: Dict[Any, Any], doc: _Doc, src: _Src) -> _Inventor
         if body is not None and not isinstance(body, dict):
             raise src.error(f"not an inventory: top-level {name!r} is neither a kubecert `hosts:` list "
                             "nor an Ansible group", line)
-        _yaml_group(inv, str(name), body, line, None, doc, src)
+        _yaml_group(inv, str(name), body, line, None, doc, src, 0)
     return inv
 
 
@@ -523,42 +598,44 @@ def _yaml_vars(mapping: object, what: str, line: Optional[int], doc: _Doc, src: 
     if mapping is None:
         return {}
     if not isinstance(mapping, dict):
-        raise src.error(f"{what} must be a mapping of variables, not {mapping!r}", line)
+        raise src.error(f"{what} must be a mapping of variables, not {_show(mapping)}", line)
     return {str(k): _Var(v, doc.key_line(mapping, k)) for k, v in mapping.items()}
 
 
 def _yaml_group(inv: _Inventory, name: str, body: object, line: Optional[int], parent: Optional[str],
-                doc: _Doc, src: _Src) -> None:
+                doc: _Doc, src: _Src, depth: int) -> None:
+    if depth > MAX_GROUP_DEPTH:
+        raise src.error(f"groups nested deeper than {MAX_GROUP_DEPTH} (at {name})", line)
     inv.group(name, line)
     if parent is not None:
         inv.add_child(parent, name, line)
     if body is None:
         return
     if not isinstance(body, dict):
-        raise src.error(f"group {name}: expected a mapping of hosts, vars and children, not {body!r}", line)
+        raise src.error(f"group {name}: expected a mapping of hosts, vars and children, not {_show(body)}", line)
     for k in body:
         if k not in _GROUP_KEYS:
-            raise src.error(f"group {name}: unexpected key {k!r} (hosts, vars or children)", doc.key_line(body, k))
+            raise src.error(f"group {name}: unexpected key {_show(k)} (hosts, vars or children)",
+                            doc.key_line(body, k))
     hosts = body.get("hosts")
     if hosts is not None:
         if not isinstance(hosts, dict):
-            raise src.error(f"group {name}: hosts must be a mapping of host names, not {hosts!r}",
+            raise src.error(f"group {name}: hosts must be a mapping of host names, not {_show(hosts)}",
                             doc.key_line(body, "hosts"))
         for pattern, hvars in hosts.items():
             hline = doc.key_line(hosts, pattern)
             names, port = _host_pattern(str(pattern), hline, src)
             own = _yaml_vars(hvars, f"host {pattern}", hline, doc, src)
-            for host in names:
-                inv.add_host(name, host, hline, {**port, **own})
+            inv.add_hosts(name, names, hline, {**port, **own}, src)
     inv.group(name, line).vars.update(_yaml_vars(body.get("vars"), f"group {name}: vars",
                                                  doc.key_line(body, "vars"), doc, src))
     children = body.get("children")
     if children is not None:
         if not isinstance(children, dict):
-            raise src.error(f"group {name}: children must be a mapping of groups, not {children!r}",
+            raise src.error(f"group {name}: children must be a mapping of groups, not {_show(children)}",
                             doc.key_line(body, "children"))
         for child, child_body in children.items():
-            _yaml_group(inv, str(child), child_body, doc.key_line(children, child), name, doc, src)
+            _yaml_group(inv, str(child), child_body, doc.key_line(children, child), name, doc, src, depth + 1)
 
 
 # ---------------------------------------------------------------------------------------- Ansible -> hosts
@@ -576,6 +653,10 @@ class _Tree:
         for name, ps in self.parents.items():
             if name != "all" and not ps:
                 ps.append("all")
+        self.direct: Dict[str, List[str]] = {}  # host -> the groups that list it
+        for group in inv.groups.values():
+            for h in group.hosts:
+                self.direct.setdefault(h, []).append(group.name)
         self.depth: Dict[str, int] = {}
         for name in inv.groups:
             self._depth(name, [], src)
@@ -584,6 +665,9 @@ class _Tree:
         if group in path:
             cycle = " -> ".join([*path[path.index(group):], group][::-1])
             raise src.error(f"group cycle: {cycle}", self.inv.groups[group].line)
+        if len(path) > MAX_GROUP_DEPTH:
+            raise src.error(f"groups nested deeper than {MAX_GROUP_DEPTH} (below {path[0]})",
+                            self.inv.groups[group].line)
         if group not in self.depth:
             ps = self.parents[group]
             self.depth[group] = 1 + max(self._depth(p, [*path, group], src) for p in ps) if ps else 0
@@ -603,8 +687,7 @@ class _Tree:
 
     def groups_of(self, host: str) -> List[str]:
         """Every group ``host`` belongs to, directly or through children, plus ``all``."""
-        direct = [g.name for g in self.inv.groups.values() if host in g.hosts]
-        todo, seen = [*direct, "all"], set()
+        todo, seen = [*self.direct.get(host, []), "all"], set()
         while todo:
             g = todo.pop()
             if g not in seen:
@@ -619,9 +702,9 @@ def _priority(group: _Group, src: _Src) -> int:
         return 1
     if isinstance(var.value, int) and not isinstance(var.value, bool):
         return var.value
-    if isinstance(var.value, str) and re.fullmatch(r"-?\d+", var.value.strip()):
+    if isinstance(var.value, str) and re.fullmatch(r"-?[0-9]{1,18}", var.value.strip()):
         return int(var.value)
-    raise src.error(f"group {group.name}: ansible_group_priority {var.value!r} is not a number", var.line)
+    raise src.error(f"group {group.name}: ansible_group_priority {_show(var.value)} is not a number", var.line)
 
 
 def _host_vars(tree: _Tree, host: str, src: _Src) -> Dict[str, _Var]:
@@ -650,15 +733,29 @@ def _render(var: _Var, what: str, hvars: Dict[str, _Var], host: str, w: _Where) 
             value = _lookup(ref.group(1), what, hvars, host, w)
             continue
 
-        def sub(m: re.Match[str]) -> str:
-            return str(_lookup(m.group(1), what, hvars, host, w))
-
-        rendered = _JINJA_VAR.sub(sub, value)
+        rendered = _substitute(value, var, what, hvars, host, w)
         if rendered == value:
             raise w.error(f"{what} {var.value!r} is a Jinja expression kubecert does not evaluate; "
                           "give the value literally")
         value = rendered
     raise w.error(f"{what} {var.value!r}: variables refer to each other in a loop")
+
+
+def _substitute(value: str, var: _Var, what: str, hvars: Dict[str, _Var], host: str, w: _Where) -> str:
+    """``value`` with every ``{{ name }}`` replaced, refused once longer than :data:`MAX_RENDERED`
+    (checked while building it: references can multiply a value's size at each round)."""
+    parts: List[str] = []
+    size = 0
+    end = 0
+    for m in _JINJA_VAR.finditer(value):
+        text = str(_lookup(m.group(1), what, hvars, host, w))
+        size += m.start() - end + len(text)
+        if size > MAX_RENDERED:
+            raise w.error(f"{what} {_show(var.value)} is longer than {MAX_RENDERED} characters once its "
+                          "variables are substituted")
+        parts += [value[end:m.start()], text]
+        end = m.end()
+    return "".join(parts) + value[end:]
 
 
 def _lookup(name: str, what: str, hvars: Dict[str, _Var], host: str, w: _Where) -> object:
@@ -782,7 +879,7 @@ def _ansible_host(name: str, role: str, etcd_member: bool, hvars: Dict[str, _Var
         args, what, w = get(var_name)
         if args is not None and jump is None:
             if not isinstance(args, str):
-                raise w.error(f"{what} must be a string, not {args!r}")
+                raise w.error(f"{what} must be a string, not {_show(args)}")
             jump = _jump_from_ssh_args(args, what, w)
     return Host(
         name=name,

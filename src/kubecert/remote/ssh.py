@@ -4,11 +4,13 @@ kubecert runs on the operator's machine and needs nothing on the nodes but sshd.
 :class:`Connection` connects to one :class:`~kubecert.remote.hosts.Host` (through its jump host if
 it has one), verifies the host key against ``known_hosts``, runs commands (:meth:`Connection.run`,
 a :data:`kubecert.node.runtime.Runner`) and hands out the node's file system
-(:meth:`Connection.fs`, an :class:`~kubecert.remote.sftpfs.SFTPFS` with LocalFS semantics).
+(:meth:`Connection.fs`, an :class:`~kubecert.remote.sftpfs.SFTPFS` with LocalFS semantics; for a
+read-only pass :meth:`Connection.prefetched_fs`, the same served from a
+:mod:`~kubecert.remote.snapshot` taken by one remote command).
 
-All connections are driven by one asyncio event loop in a daemon thread, started on first use; the
-synchronous methods submit coroutines to it and wait with a timeout, so many connections can be
-used at once from a thread pool.
+All connections are driven by the one asyncio event loop of :mod:`kubecert.remote.loop`, in a daemon
+thread started on first use; the synchronous methods submit coroutines to it and wait with a
+timeout, so many connections can be used at once from a thread pool.
 
 Host keys: a host absent from ``known_hosts`` is refused unless ``accept_new`` (then its key is
 appended, the file created 0600); a host whose key differs from the recorded one is always refused.
@@ -19,27 +21,25 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import concurrent.futures
 import os
 import shlex
 import threading
 import time
 import weakref
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Coroutine, Dict, List, Optional, Protocol, Sequence, Tuple, TypeVar
+from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple
 
 import asyncssh
 
-from ..errors import KubecertError
 from ..node.runtime import CommandResult
+from . import snapshot
+from .loop import DEFAULT_OP_TIMEOUT, TransportError, call, reason, started_here
+from .sftpfs import SFTPFS, node_root
 
-if TYPE_CHECKING:
-    from .sftpfs import SFTPFS
-
-T = TypeVar("T")
+__all__ = ["DEFAULT_OP_TIMEOUT", "Connection", "HostLike", "TransportError", "call"]
 
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
-DEFAULT_OP_TIMEOUT = 120.0  # one SFTP operation (a file read or write) on a live connection
+PREFETCH_TIMEOUT = 60.0  # the one command that reads a node's PKI for a read-only pass
 # AES-GCM first: hardware-accelerated, and the cheapest per packet in asyncssh (many small SFTP requests)
 ENCRYPTION_ALGS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
                    "aes128-ctr", "aes192-ctr", "aes256-ctr")
@@ -48,10 +48,6 @@ KILL_AFTER = 5.0  # seconds from the TERM to the KILL of a command past its time
 # where distributions put the SFTP server binary (started through sudo when the host needs sudo)
 SFTP_SERVERS = ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server", "/usr/lib/ssh/sftp-server",
                 "/usr/libexec/sftp-server", "/usr/lib/sftp-server")
-
-
-class TransportError(KubecertError):
-    """A node cannot be reached or trusted over SSH: connect, host key, authentication, lost link."""
 
 
 class HostLike(Protocol):
@@ -75,50 +71,13 @@ class HostLike(Protocol):
     def root(self) -> str: ...
 
 
-# --------------------------------------------------------------------------------------------------
-# the shared event loop
-
-_loop_lock = threading.Lock()
-_loop: Optional[asyncio.AbstractEventLoop] = None
-_loop_thread: Optional[threading.Thread] = None
-_loop_pid = 0
 _open_connections: weakref.WeakSet[Connection] = weakref.WeakSet()
-
-
-def _event_loop() -> asyncio.AbstractEventLoop:
-    """The loop driving every connection of this process (started on first use)."""
-    global _loop, _loop_thread, _loop_pid
-    with _loop_lock:
-        if _loop is None or _loop_pid != os.getpid() or _loop_thread is None or not _loop_thread.is_alive():
-            loop = asyncio.new_event_loop()
-            thread = threading.Thread(target=loop.run_forever, name="kubecert-ssh", daemon=True)
-            thread.start()
-            _loop, _loop_thread, _loop_pid = loop, thread, os.getpid()
-        return _loop
-
-
-def call(coro: Coroutine[Any, Any, T], timeout: Optional[float], what: str) -> T:
-    """Run ``coro`` on the shared loop and wait for it; past ``timeout`` it is cancelled and a
-    :class:`TransportError` naming ``what`` is raised."""
-    loop = _event_loop()
-    if threading.current_thread() is _loop_thread:
-        raise RuntimeError("kubecert.remote: blocking call from the SSH event loop thread")
-    fut = asyncio.run_coroutine_threadsafe(coro, loop)
-    try:
-        return fut.result(timeout)
-    except concurrent.futures.TimeoutError:
-        if fut.done():  # the coroutine's own timeout, not ours
-            raise
-        fut.cancel()
-        raise TransportError(f"{what}: no answer within {timeout:.0f}s") from None
-    except concurrent.futures.CancelledError:
-        raise TransportError(f"{what}: cancelled (connection closing)") from None
 
 
 @atexit.register
 def _close_all_at_exit() -> None:
     """Close what is still open when the program ends (sshd sees a clean disconnect)."""
-    if _loop is None or _loop_pid != os.getpid():
+    if not started_here():
         return
     for conn in list(_open_connections):
         try:
@@ -373,7 +332,9 @@ class Connection:
         self._tunnel_key: Optional[Tuple[Any, ...]] = None
         self._fs: Optional[SFTPFS] = None
         self._sftp: Optional[asyncssh.SFTPClient] = None
+        self._sftp_start: Optional[asyncio.Future[Tuple[asyncssh.SFTPClient, _DirSyncer]]] = None
         self._syncer: Optional[_DirSyncer] = None
+        self._uid: Optional[int] = None
         self._lock = threading.Lock()  # open() / fs() / close() from several threads
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -398,6 +359,7 @@ class Connection:
             finally:
                 self._conn = None
                 self._fs = None
+                self._sftp_start = None
                 _open_connections.discard(self)
 
     def __enter__(self) -> Connection:
@@ -443,16 +405,53 @@ class Connection:
         """The host's file system under ``host.root`` over SFTP (started on first use)."""
         with self._lock:
             if self._fs is None:
-                from .sftpfs import SFTPFS
-
-                conn = self._require()
-                sftp, syncer = call(self._start_sftp(conn), self.connect_timeout + 30, self.label)
-                self._sftp, self._syncer = sftp, syncer
-                fs = SFTPFS(sftp, root=self.host.root, name=self.host.name, dir_sync=syncer.sync,
-                            timeout=self.op_timeout)
+                self._require()
+                uid = self._remote_uid()
+                sftp = call(self._session(), self.connect_timeout + 30, self.label)
+                fs = SFTPFS(sftp, root=self.host.root, name=self.host.name, dir_sync=self._dir_sync,
+                            timeout=self.op_timeout, uid=uid)
                 fs.check_root()
                 self._fs = fs
             return self._fs
+
+    def prefetched_fs(self, plan: snapshot.Plan = snapshot.PLAN) -> SFTPFS:
+        """The host's file system for a read-only pass (``cluster check``): ``plan``'s files (the
+        node's PKI, kubeconfigs, manifests, kubelet config) read first by one remote command
+        (:mod:`kubecert.remote.snapshot`; through ``sudo -n`` on sudo hosts) and served from that
+        snapshot, with SFTP started only for what it does not cover; the first write drops it.
+        Without GNU find and tar on the node (or on any failure of that command): :meth:`fs`."""
+        conn = self._require()
+        uid = self._remote_uid()
+        root = node_root(self.host.root, self.host.name)
+        # no ``timeout`` guard (two processes less on every node): find and tar die of SIGPIPE when
+        # the channel is closed at our timeout, and a node stuck in the kernel would ignore it anyway
+        command = self.command_line(["sh", "-c", snapshot.script(plan), "kubecert-prefetch", root])
+        try:
+            output = call(self._prefetch(conn, command, plan.total_max), PREFETCH_TIMEOUT, self.label)
+        except TransportError:  # too slow: SFTP may still do (and says so if the link is gone)
+            output = None
+        snap = None
+        if output is not None:
+            try:
+                snap = snapshot.parse(output, root, plan)
+            except snapshot.SnapshotError:
+                snap = None
+        if snap is None:
+            return self.fs()
+        fs = SFTPFS(self._session, root=root, name=self.host.name, dir_sync=self._dir_sync,
+                    timeout=self.op_timeout, uid=uid, snapshot=snap)
+        fs.check_root()
+        return fs
+
+    def _remote_uid(self) -> int:
+        """The uid the SFTP server runs as: root through sudo or as root, else ``id -u`` (once);
+        -1 when unknown (then only root's directories count as safe to follow links in)."""
+        if self.host.sudo or self.host.user == "root":
+            return 0
+        if self._uid is None:
+            r = self.run(["id", "-u"], 30)
+            self._uid = int(r.stdout.strip()) if r.returncode == 0 and r.stdout.strip().isdigit() else -1
+        return self._uid
 
     # -- internals (run on the loop) ---------------------------------------------------------------
     def _require(self) -> asyncssh.SSHClientConnection:
@@ -547,6 +546,9 @@ class Connection:
                 await entry.conn.wait_closed()
 
     async def _close(self) -> None:
+        if self._sftp_start is not None and not self._sftp_start.done():
+            self._sftp_start.cancel()
+        self._sftp_start = None
         if self._syncer is not None:
             self._syncer.close()
             self._syncer = None
@@ -558,9 +560,54 @@ class Connection:
             await self._conn.wait_closed()
         await self._release_tunnel()
 
+    async def _session(self) -> asyncssh.SFTPClient:
+        """The connection's one SFTP session (and directory syncer), started on first need."""
+        if self._sftp is not None:
+            return self._sftp
+        if self._sftp_start is None:
+            self._sftp_start = asyncio.ensure_future(self._start_sftp(self._require()))
+        start = self._sftp_start
+        try:
+            sftp, syncer = await asyncio.shield(start)
+        except BaseException:
+            if start.done() and self._sftp_start is start:
+                self._sftp_start = None  # failed: the next use tries again
+            raise
+        self._sftp, self._syncer = sftp, syncer
+        return sftp
+
+    async def _dir_sync(self, directory: str) -> None:
+        if self._syncer is not None:
+            await self._syncer.sync(directory)
+
     async def _start_sftp(self, conn: asyncssh.SSHClientConnection) -> Tuple[asyncssh.SFTPClient, _DirSyncer]:
         # made on the loop: its asyncio.Lock must belong to it (Python 3.9 binds locks at creation)
         return await self._sftp_client(conn), _DirSyncer(conn, self.host.sudo)
+
+    async def _prefetch(self, conn: asyncssh.SSHClientConnection, command: str, cap: int) -> Optional[bytes]:
+        """The output of the prefetch command; None if it failed or wrote more than ``cap`` bytes."""
+        try:
+            proc = await conn.create_process(command, stdin=asyncssh.DEVNULL, stderr=asyncssh.DEVNULL,
+                                             encoding=None)
+        except (asyncssh.Error, OSError):
+            return None
+        try:
+            chunks: List[bytes] = []
+            total = 0
+            while True:
+                data = await proc.stdout.read(1 << 16)
+                if not data:
+                    break
+                total += len(data)
+                if total > cap:
+                    return None
+                chunks.append(data)
+            done = await proc.wait(timeout=KILL_AFTER + 5)
+            return b"".join(chunks) if done.exit_status == 0 else None
+        except (asyncssh.Error, OSError, asyncio.TimeoutError):
+            return None
+        finally:
+            proc.close()
 
     async def _sftp_client(self, conn: asyncssh.SSHClientConnection) -> asyncssh.SFTPClient:
         try:
@@ -577,7 +624,7 @@ class Connection:
                                            "utf-8", "strict", 3)
         except (asyncssh.Error, OSError) as exc:
             how = " through sudo -n" if self.host.sudo else ""
-            raise TransportError(f"{self.label}: cannot start SFTP{how} ({_reason(exc)})") from None
+            raise TransportError(f"{self.label}: cannot start SFTP{how} ({reason(exc)})") from None
 
     async def _run(self, conn: asyncssh.SSHClientConnection, argv: Sequence[str], command: str, timeout: float,
                    start: float) -> CommandResult:
@@ -585,7 +632,7 @@ class Connection:
             proc = await conn.create_process(command, stdin=asyncssh.DEVNULL, encoding=None)
         except (asyncssh.Error, OSError) as exc:
             what = "connection lost" if conn.is_closed() else "cannot start the command"
-            return CommandResult(tuple(argv), 255, "", f"ssh: {self.label}: {what} ({_reason(exc)})",
+            return CommandResult(tuple(argv), 255, "", f"ssh: {self.label}: {what} ({reason(exc)})",
                                  time.monotonic() - start)
         timed_out = CommandResult(tuple(argv), -1, "", f"timed out after {timeout:.0f}s", 0.0)
         try:
@@ -597,7 +644,7 @@ class Connection:
             return replace(timed_out, stdout=_text(exc.stdout)[-OUTPUT_LIMIT:], seconds=time.monotonic() - start)
         except (asyncssh.Error, OSError) as exc:
             proc.close()
-            return CommandResult(tuple(argv), 255, "", f"ssh: {self.label}: connection lost ({_reason(exc)})",
+            return CommandResult(tuple(argv), 255, "", f"ssh: {self.label}: connection lost ({reason(exc)})",
                                  time.monotonic() - start)
         seconds = time.monotonic() - start
         code = done.returncode
@@ -613,12 +660,3 @@ def _text(data: object) -> str:
     if isinstance(data, bytes):
         return data.decode(errors="replace")
     return data if isinstance(data, str) else ""
-
-
-def _reason(exc: BaseException) -> str:
-    reason = getattr(exc, "reason", None)
-    if isinstance(reason, str) and reason:
-        return reason
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__

@@ -241,6 +241,8 @@ class LocalFS(NodeFS):
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise StoreError(f"{shown}: is a symlink that cannot be followed safely") from None
+            if exc.errno in (errno.ENXIO, errno.ENODEV):  # a socket or a device without a driver
+                raise StoreError(f"{shown}: not a regular file (a FIFO, socket or device?); not reading it") from None
             raise StoreError(f"{shown}: cannot read ({exc.strerror})") from None
         try:
             st = os.fstat(fd)
