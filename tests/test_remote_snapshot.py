@@ -294,10 +294,12 @@ def test_symlinks_in_directories_other_users_control_are_refused(servers: sshd.S
         d.mkdir()
         (d / "link").symlink_to("/etc/kubernetes/pki/ca.crt")
         (d / "file").write_text(name)
+        os.chown(d / "file", uid, gid)  # in a user's directory only that user's files are read
         (d / "sub").mkdir()
         (d / "sub/link").symlink_to("../file")  # below an untrusted directory: refused too
         os.chown(d, uid, gid)
         d.chmod(mode)
+    (pki / "user/rootfile").write_text("secret")
     with connect(servers[0], root) as conn:
         views = three_views(conn, root)
         for name in cases:
@@ -319,6 +321,11 @@ def test_symlinks_in_directories_other_users_control_are_refused(servers: sshd.S
             assert fs.read("/etc/kubernetes/pki/group-root/link") == b"ca"  # group-writable by root's group only
             assert fs.read("/etc/kubernetes/pki/ours/sub/link") == b"ours"
             assert fs.read("/etc/kubernetes/pki/user/file") == b"user"  # files there are still read
+        # ...but only the user's own: root's file in her directory could be a swapped-in redirect
+        for fs in views:
+            message = outcome(fs, lambda f: f.read("/etc/kubernetes/pki/user/rootfile"), root)
+            assert message == (f"error: {root}/etc/kubernetes/pki/user/rootfile: owned by uid 0, in a directory "
+                               "that uid 4321 controls; not reading it"), message
 
 
 def test_reads_are_bounded_and_never_open_a_fifo(servers: sshd.Servers, tmp_path: Path, said: List[str]) -> None:

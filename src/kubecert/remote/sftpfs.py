@@ -441,8 +441,9 @@ class SFTPFS(NodeFS):
             return None
 
     # -- reading -----------------------------------------------------------------------------------
-    def _readable(self, path: str, attrs: _Look, limit: Optional[int]) -> None:
-        """LocalFS's refusals before reading: missing, a directory, not a regular file, too large."""
+    def _readable(self, path: str, attrs: _Look, limit: Optional[int], owner: Optional[Owner] = None) -> None:
+        """LocalFS's refusals before reading: missing, a directory, not a regular file, too large, or
+        (in a directory a user controls) not that user's file."""
         shown = self.display(path)
         if attrs is None:
             raise StoreError(f"{shown}: no such file")
@@ -452,6 +453,9 @@ class SFTPFS(NodeFS):
             raise StoreError(f"{shown}: is a directory, expected a file")
         if _kind(attrs) != stat.S_IFREG:
             raise StoreError(f"{shown}: not a regular file (a FIFO, socket or device?); not reading it")
+        if owner is not None and attrs.uid is not None and attrs.uid != owner[0]:
+            raise StoreError(f"{shown}: owned by uid {attrs.uid}, in a directory that uid {owner[0]} controls; "
+                             "not reading it")
         if limit is not None and (attrs.size or 0) > limit:
             raise StoreError(f"{shown}: {attrs.size} bytes, more than the {limit} kubecert reads from one "
                              "file; not a kubeadm file?")
@@ -464,7 +468,7 @@ class SFTPFS(NodeFS):
                 attrs = r.attrs if r.looked else snap.lstat(r.host)
                 if isinstance(attrs, NotCovered):
                     raise _Uncovered
-                self._readable(path, attrs, limit)
+                self._readable(path, attrs, limit, r.owner)
                 data = snap.data(r.host)
                 if data is None:
                     raise _Uncovered
@@ -474,7 +478,7 @@ class SFTPFS(NodeFS):
     async def _read(self, path: str, limit: Optional[int]) -> bytes:
         r = await self._resolve(path)
         attrs = r.attrs if r.looked else await self._lstat(r.host, False)
-        self._readable(path, attrs, limit)
+        self._readable(path, attrs, limit, r.owner)
         sftp = await self._client()
         shown = self.display(path)
         # block_size 0: one SFTP request per read call (asyncssh would add one to confirm EOF)

@@ -230,7 +230,7 @@ class LocalFS(NodeFS):
 
     # -- reading -----------------------------------------------------------------------------
     def read(self, path: str, limit: Optional[int] = MAX_READ) -> bytes:
-        host, _ = self._resolve(path)
+        host, owner = self._resolve(path)
         shown = self.display(path)
         try:
             fd = os.open(host, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
@@ -250,6 +250,11 @@ class LocalFS(NodeFS):
                 raise StoreError(f"{shown}: is a directory, expected a file")
             if not stat.S_ISREG(st.st_mode):
                 raise StoreError(f"{shown}: not a regular file (a FIFO, socket or device?); not reading it")
+            if owner is not None and st.st_uid != owner[0]:
+                # in a directory a user controls, only that user's own files: a directory swapped for a
+                # link between resolving and opening would otherwise let root read what it points to
+                raise StoreError(f"{shown}: owned by uid {st.st_uid}, in a directory that uid {owner[0]} controls; "
+                                 "not reading it")
             if limit is not None and st.st_size > limit:
                 raise StoreError(f"{shown}: {st.st_size} bytes, more than the {limit} kubecert reads from one "
                                  "file; not a kubeadm file?")
