@@ -136,6 +136,12 @@ class _Scan:
         self.loose_modes: List[Tuple[str, str, int, str]] = []
 
     def find(self, severity: str, code: str, name: str, path: str, message: str, fix: str) -> None:
+        ca_name = spec.BY_NAME[name].ca if name in spec.BY_NAME else None
+        ca = self.ca_certs.get(ca_name or "")
+        if ca is not None and x509ops.not_after(ca) <= self.now and "kubecert renew" in fix:
+            # renewing a leaf of an expired CA fails: never suggest a command that then fails
+            fix = (f"its CA {ca_name} expired on {x509ops.not_after(ca):%Y-%m-%d}: renew the CA first (kubecert ca "
+                   f"renew {ca_name}, coming) or rotate it, then renew this")
         shown = self.fs.display(path)
         if message.startswith(shown + ": "):  # errors name their file; the finding already does
             message = message[len(shown) + 2:]
@@ -234,7 +240,8 @@ class _Scan:
         if x509ops.not_after(cert) <= self.now:
             self.find(ERROR, "ca-expired", e.name, path,
                       f"CA {e.name} expired on {x509ops.not_after(cert):%Y-%m-%d %H:%M} UTC",
-                      "rotate the CA (kubeadm docs: manual certificate rotation)")
+                      f"renew the CA with its own key (kubecert ca renew {e.name}, coming) or rotate it "
+                      "(kubernetes.io: Manual Rotation of CA Certificates)")
         elif x509ops.not_before(cert) > self.now:
             self.find(ERROR, "ca-not-yet-valid", e.name, path,
                       f"CA {e.name} is not valid before {x509ops.not_before(cert):%Y-%m-%d %H:%M} UTC",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import os
+import shutil
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -30,6 +31,9 @@ SERVICE_SUBNET = "198.51.100.192/26"
 LB_NAME = "k8s-api.example.test"
 LB_IP = "198.51.100.100"
 MAX_NODES = 50
+# X.509 validity dates kubecert can write: cryptography refuses dates before 1950, Python after 9999
+EARLIEST = dt.datetime(1950, 1, 1, tzinfo=dt.timezone.utc)
+LATEST = dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -87,19 +91,55 @@ def _ts(when: dt.datetime) -> str:
     return when.strftime("%Y-%m-%d-%H-%M-%S")
 
 
+def _dates(now: dt.datetime, lifetime: dt.timedelta) -> Tuple[dt.datetime, dt.datetime]:
+    """(created, leaf NotAfter): the cluster was "initialised" a year before its leafs expire (or now,
+    if that is later). Every date the lab writes must be one X.509 and Python can hold."""
+    try:
+        leaf_not_after = now + lifetime
+        created = min(now, leaf_not_after - dt.timedelta(days=LEAF_DAYS)).replace(microsecond=0)
+        first = min(created - dt.timedelta(hours=1), leaf_not_after)  # the kubelet serving cert's NotBefore
+        last = max(created + dt.timedelta(days=CA_DAYS), leaf_not_after)
+        fits = first >= EARLIEST and last <= LATEST
+    except OverflowError:
+        fits = False
+    if not fits:
+        raise ConfigError(f"--now {now:%Y-%m-%dT%H:%M:%SZ} with leafs living {lifetime}: the lab's certificates "
+                          f"must lie between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d}")
+    return created, leaf_not_after.replace(microsecond=0)
+
+
 def create(directory: str, lab: LabSpec, *, now: dt.datetime) -> LabResult:
-    """Write the lab under ``directory`` (which must be absent or empty)."""
+    """Write the lab under ``directory`` (which must be absent or empty). Refused before anything is
+    written when an argument is wrong; a failure while writing removes what was written."""
     if not 1 <= lab.nodes <= MAX_NODES:
         raise ConfigError(f"--nodes must be between 1 and {MAX_NODES}")
     if lab.topology not in ("stacked", "external-etcd"):
         raise ConfigError(f"unknown topology {lab.topology!r}")
-    if os.path.exists(directory) and os.listdir(directory):
-        raise ConfigError(f"{directory}: exists and is not empty; pick a new directory")
+    if "\0" in directory or not directory:
+        raise ConfigError(f"{directory!r}: not a directory name")
+    existed = os.path.exists(directory)
+    if existed and (not os.path.isdir(directory) or os.listdir(directory)):
+        raise ConfigError(f"{directory}: exists and is not an empty directory; pick a new directory")
     lifetime = lab.leaf_lifetime if lab.leaf_lifetime is not None else dt.timedelta(days=LEAF_DAYS)
-    leaf_not_after = now + lifetime
-    # the cluster was "initialised" a year before its leafs expire (or now, if that is later)
-    created = min(now, leaf_not_after - dt.timedelta(days=LEAF_DAYS)).replace(microsecond=0)
-    c = _Cluster(lab, now, created, leaf_not_after.replace(microsecond=0))
+    created, leaf_not_after = _dates(now, lifetime)
+    try:
+        return _create(directory, lab, now, created, leaf_not_after)
+    except BaseException:
+        if existed:  # it was empty: empty it again
+            for name in os.listdir(directory):
+                path = os.path.join(directory, name)
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path)
+                else:
+                    os.remove(path)
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
+
+
+def _create(directory: str, lab: LabSpec, now: dt.datetime, created: dt.datetime,
+            leaf_not_after: dt.datetime) -> LabResult:
+    c = _Cluster(lab, now, created, leaf_not_after)
     c.masters = [LabNode(f"master-{i}", "control-plane", f"198.51.100.{10 + i}", "")
                  for i in range(1, lab.nodes + 1)]
     if lab.topology == "external-etcd":

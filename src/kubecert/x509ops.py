@@ -2,6 +2,11 @@
 
 Every function takes bytes or cryptography objects and returns values; ``now`` is always a
 parameter. Errors are :class:`kubecert.errors.PKIError` naming the source the caller gave.
+
+Parsing is strict and bounded: a certificate that loads has had every field kubecert reads parsed
+(cryptography parses lazily, so a malformed extension or an unknown key algorithm would otherwise
+fail later, mid-audit), and a PEM file holding more than :data:`MAX_CERTS` certificates is refused
+before any is parsed.
 """
 
 from __future__ import annotations
@@ -9,13 +14,15 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import ipaddress
+import warnings
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, TypeVar, Union
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .errors import PKIError
@@ -24,6 +31,11 @@ PrivateKey = Union[rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed2551
 PublicKey = Union[rsa.RSAPublicKey, ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey]
 
 KEY_TYPES = ("rsa-2048", "rsa-3072", "rsa-4096", "ecdsa-p256")
+
+# A PEM file with more certificates than this is refused (kubeadm writes one; a CA bundle during a
+# rotation holds a few; a system trust store about 150): parsing stays cheap whatever the file holds.
+MAX_CERTS = 1000
+_CERT_MARKER = b"-----BEGIN CERTIFICATE-----"
 
 _EKU_NAMES = {
     ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth",
@@ -36,24 +48,69 @@ _EKU_OIDS = {v: k for k, v in _EKU_NAMES.items()}
 # parsing
 # ---------------------------------------------------------------------------------------------
 
-def load_cert(data: bytes, source: str) -> x509.Certificate:
-    """The first PEM certificate in ``data``."""
-    if b"-----BEGIN CERTIFICATE-----" not in data:
+def _count_certs(data: bytes, source: str) -> None:
+    n = data.count(_CERT_MARKER)
+    if n == 0:
         raise PKIError(f"{source}: no PEM certificate in file (corrupt or empty?)")
+    if n > MAX_CERTS:
+        raise PKIError(f"{source}: {n} PEM certificates, more than the {MAX_CERTS} certificates kubecert "
+                       "reads from one file; not a kubeadm file?")
+
+
+_Loaded = TypeVar("_Loaded")
+
+# what cryptography raises for a malformed certificate, at load time or when a field is first read
+_CORRUPT = (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion, x509.DuplicateExtension,
+            x509.UnsupportedGeneralNameType)
+
+
+def _load(parse: Callable[[bytes], _Loaded], data: bytes, source: str) -> _Loaded:
+    # a serial number <= 0 is only a deprecation warning today (an error in a later cryptography):
+    # silence it here, where the serial is checked and such a certificate refused (see _parsed).
+    # catch_warnings is not thread-safe: at worst (cluster checks scan nodes in threads) the filter
+    # outlives the call, and then silences only this same warning.
     try:
-        return x509.load_pem_x509_certificate(data)
-    except ValueError as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+            return parse(data)
+    except _CORRUPT as exc:
         raise PKIError(f"{source}: corrupt PEM certificate ({_short(exc)})") from None
+
+
+def _parsed(cert: x509.Certificate, source: str) -> x509.Certificate:
+    """``cert``, after touching every field kubecert reads later: cryptography parses most of a
+    certificate lazily, and a malformed extension or key must fail here, as a one-line error,
+    not in the middle of an audit or a renewal."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+            serial = cert.serial_number
+        if serial <= 0:
+            raise PKIError(f"{source}: serial number {serial} is not positive (RFC 5280); not a certificate "
+                           "kubeadm or kubecert writes")
+        cert.not_valid_before_utc  # noqa: B018 - each access below parses (and may reject) a field
+        cert.not_valid_after_utc  # noqa: B018
+        cert.subject.rfc4514_string()
+        cert.issuer.rfc4514_string()
+        cert.public_key()
+        cert.signature_hash_algorithm  # noqa: B018
+        cert.extensions  # noqa: B018 - every extension's value
+    except _CORRUPT as exc:
+        raise PKIError(f"{source}: corrupt or unsupported certificate ({_short(exc)})") from None
+    return cert
+
+
+def load_cert(data: bytes, source: str) -> x509.Certificate:
+    """The first PEM certificate in ``data`` (a file of at most :data:`MAX_CERTS` certificates)."""
+    _count_certs(data, source)
+    return _parsed(_load(x509.load_pem_x509_certificate, data, source), source)
 
 
 def load_certs(data: bytes, source: str) -> List[x509.Certificate]:
-    """Every PEM certificate in ``data`` (a kubelet-client-current.pem holds cert + key)."""
-    if b"-----BEGIN CERTIFICATE-----" not in data:
-        raise PKIError(f"{source}: no PEM certificate in file (corrupt or empty?)")
-    try:
-        return x509.load_pem_x509_certificates(data)
-    except ValueError as exc:
-        raise PKIError(f"{source}: corrupt PEM certificate ({_short(exc)})") from None
+    """Every PEM certificate in ``data`` (a kubelet-client-current.pem holds cert + key), at most
+    :data:`MAX_CERTS` of them."""
+    _count_certs(data, source)
+    return [_parsed(c, source) for c in _load(x509.load_pem_x509_certificates, data, source)]
 
 
 def load_key(data: bytes, source: str, *, validate: bool = False) -> PrivateKey:
@@ -78,7 +135,7 @@ def load_public_key(data: bytes, source: str) -> PublicKey:
         raise PKIError(f"{source}: no PEM public key in file (corrupt or empty?)")
     try:
         key = serialization.load_pem_public_key(data)
-    except (ValueError, UnsupportedAlgorithm):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         raise PKIError(f"{source}: corrupt PEM public key") from None
     if not isinstance(key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey)):
         raise PKIError(f"{source}: unsupported public key type {type(key).__name__}")

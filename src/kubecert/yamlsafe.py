@@ -7,6 +7,7 @@ gigabytes. Limits (documented in the README's Safety section):
 * :data:`MAX_BYTES` per file (the largest kubeadm-written file is a few KiB);
 * :data:`MAX_NODES` values in one document, counting every use of an alias (PyYAML shares the
   object an alias names, so a "billion laughs" file is small in memory but enormous to walk);
+* :data:`MAX_DEPTH` levels of nesting (libyaml's composer recurses per level: deeper would crash it);
 * nesting deeper than Python's recursion limit, bad dates and other constructor errors become the
   same one-line error.
 """
@@ -26,6 +27,7 @@ except AttributeError:  # pragma: no cover
 
 MAX_BYTES = 1 << 20
 MAX_NODES = 200_000
+MAX_DEPTH = 512  # nesting of collections (sequences and mappings)
 
 
 def _where(exc: yaml.YAMLError) -> str:
@@ -56,9 +58,30 @@ def bounded(doc: Any, source: str, error: Type[KubecertError] = ConfigError) -> 
     return doc
 
 
+def _check_depth(data: bytes, source: str, error: Type[KubecertError]) -> None:
+    """Collections nested deeper than :data:`MAX_DEPTH` are refused before they are composed: the
+    composer recurses once per level and a deep enough file overflows libyaml's C stack (a segfault,
+    not an error). The event stream is produced iteratively, so walking it is safe, and the walk
+    stops at the first level too deep."""
+    starts = (yaml.SequenceStartEvent, yaml.MappingStartEvent)
+    ends = (yaml.SequenceEndEvent, yaml.MappingEndEvent)
+    depth = 0
+    try:
+        for event in yaml.parse(data, Loader=_Loader):
+            if isinstance(event, starts):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise error(f"{source}: YAML nested deeper than {MAX_DEPTH} levels; refusing to read it")
+            elif isinstance(event, ends):
+                depth -= 1
+    except yaml.YAMLError:
+        return  # not valid YAML: the load itself says where
+
+
 def load(data: bytes, source: str, error: Type[KubecertError] = ConfigError) -> Any:
     """One YAML document, bounded; ``error`` is the exception class for the one-line message."""
     _check_size(data, source, error)
+    _check_depth(data, source, error)
     try:
         doc = yaml.load(data, Loader=_Loader)
     except yaml.YAMLError as exc:
@@ -71,6 +94,7 @@ def load(data: bytes, source: str, error: Type[KubecertError] = ConfigError) -> 
 def load_all(data: bytes, source: str, error: Type[KubecertError] = ConfigError) -> List[Any]:
     """Every document of a multi-document file, bounded together."""
     _check_size(data, source, error)
+    _check_depth(data, source, error)
     try:
         docs = list(yaml.load_all(data, Loader=_Loader))
     except yaml.YAMLError as exc:

@@ -80,6 +80,12 @@ def _oserror_line(exc: OSError) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Run the CLI; never lets a traceback reach the operator."""
+    if not os.environ.get("KUBECERT_DEBUG"):
+        import warnings
+
+        # library warnings (e.g. cryptography on a CN longer than X.520 allows, which Go accepts) are
+        # two lines of Python source on stderr; what matters is in kubecert's own findings
+        warnings.simplefilter("ignore")
     try:
         rv = cli.main(args=list(argv) if argv is not None else None, prog_name="kubecert", standalone_mode=False)
     except click.UsageError as exc:

@@ -64,8 +64,13 @@ def parse_now(text: Optional[str]) -> dt.datetime:
     return when
 
 
+def printable(text: str) -> str:
+    """``text`` with control characters and undecodable bytes escaped: an error stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def fail(message: str, code: int = EXIT_USAGE) -> None:
-    click.echo(f"kubecert: error: {message}", err=True)
+    click.echo(f"kubecert: error: {printable(message)}", err=True)
     sys.exit(code)
 
 

@@ -16,17 +16,16 @@ here prints.
 from __future__ import annotations
 
 import abc
+import re
 import subprocess
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-import yaml
-
 from .. import layout as L
-from .. import spec
+from .. import spec, yamlsafe
 from ..errors import ConfigError, KubecertError
-from ..facts import NodeFacts
+from ..facts import NodeFacts, describe
 from ..store import NodeFS
 from .parked import PARKED_DIR
 
@@ -314,12 +313,14 @@ def _cri_socket_setting(fs: NodeFS) -> Optional[Tuple[str, str]]:
     for cand in L.KUBEADM_CONFIG_CANDIDATES:
         if fs.exists(cand):
             try:
-                for doc in yaml.safe_load_all(fs.read(cand)):
-                    sock = ((doc or {}).get("nodeRegistration") or {}).get("criSocket") if isinstance(doc, dict) else None
-                    if sock:
-                        return str(sock), cand
-            except yaml.YAMLError:
-                pass
+                docs = yamlsafe.load_all(fs.read(cand), fs.display(cand))
+            except KubecertError:
+                continue  # the audit reports it (kubecert.facts); a socket may still be found elsewhere
+            for doc in docs:
+                reg = doc.get("nodeRegistration") if isinstance(doc, dict) else None
+                sock = reg.get("criSocket") if isinstance(reg, dict) else None
+                if isinstance(sock, str) and sock:
+                    return sock, cand
     return None
 
 
@@ -337,16 +338,33 @@ def _service(fs: NodeFS, unit: str, forced: Optional[str]) -> Tuple[Optional[str
     return None, f"no systemd unit or init script for {unit}"
 
 
+_GO_DURATION = re.compile(r"(?:[0-9]{1,12}(?:\.[0-9]{0,9})?(?:ns|us|\u00b5s|ms|s|m|h))+")
+_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _go_duration(text: str) -> Optional[float]:
+    """Seconds of a Go ``time.Duration`` string (``20s``, ``1m30s``, ``1.5h``); None if it is not one."""
+    text = text.strip()
+    if text == "0":
+        return 0.0
+    if not _GO_DURATION.fullmatch(text):
+        return None
+    return sum(float(n) * _GO_UNITS[u] for n, u in re.findall(r"([0-9.]+)(ns|us|\u00b5s|ms|s|m|h)", text))
+
+
 def file_check_frequency(fs: NodeFS) -> float:
-    if fs.exists(L.KUBELET_CONFIG):
-        try:
-            cfg = yaml.safe_load(fs.read(L.KUBELET_CONFIG)) or {}
-            value = str(cfg.get("fileCheckFrequency", "")).strip()
-            if value.endswith("s") and value[:-1].replace(".", "").isdigit():
-                return float(value[:-1])
-        except (yaml.YAMLError, KubecertError, AttributeError):
-            pass
-    return DEFAULT_FILE_CHECK_FREQUENCY
+    """The kubelet's ``fileCheckFrequency`` (how often it rereads static pod manifests), in seconds."""
+    if not fs.exists(L.KUBELET_CONFIG):
+        return DEFAULT_FILE_CHECK_FREQUENCY
+    cfg = yamlsafe.load(fs.read(L.KUBELET_CONFIG), fs.display(L.KUBELET_CONFIG))
+    value = cfg.get("fileCheckFrequency") if isinstance(cfg, dict) else None
+    if value is None:
+        return DEFAULT_FILE_CHECK_FREQUENCY
+    seconds = _go_duration(value) if isinstance(value, str) else None
+    if seconds is None:
+        raise ConfigError(f"{fs.display(L.KUBELET_CONFIG)}: fileCheckFrequency {describe(value)} is not a duration "
+                          "like 20s")
+    return seconds or DEFAULT_FILE_CHECK_FREQUENCY
 
 
 def choose(fs: NodeFS, facts: NodeFacts, components: Sequence[str],

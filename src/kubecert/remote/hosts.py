@@ -120,8 +120,19 @@ def _printable(text: str) -> str:
 
 def _show(value: object) -> str:
     """A value for an error message: its repr, cut short (a YAML value can be a whole document)."""
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an integer of more than 4300 digits in it (YAML reads 0x with thousands of digits)
+        return "a value holding a huge number"
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _str(value: object) -> str:
+    """``str(value)``, also for a value Python refuses to print (see :func:`_show`)."""
+    try:
+        return str(value)
+    except ValueError:
+        return "<a huge number>"
 
 
 @dataclass(frozen=True)
@@ -210,11 +221,15 @@ class _Doc:
         return self.map_lines.get(id(obj))
 
     def key_line(self, mapping: object, key: object) -> Optional[int]:
-        return self.key_lines.get(id(mapping), {}).get(str(key)) or self.line_of(mapping)
+        return self.key_lines.get(id(mapping), {}).get(_str(key)) or self.line_of(mapping)
 
 
 def _load_yaml(text: str, src: _Src) -> Tuple[Any, _Doc]:
-    loader = _LineLoader(text)
+    try:
+        loader = _LineLoader(text)  # the reader refuses control characters at once
+    except yaml.reader.ReaderError as e:
+        raise src.error(f"neither YAML nor an Ansible INI inventory (YAML: {e.reason}: #x{e.character:04x} at "
+                        f"character {e.position})") from None
     try:
         data = loader.get_single_data()
     except yaml.YAMLError as e:
@@ -588,9 +603,9 @@ def _parse_ansible_yaml(data: Dict[Any, Any], doc: _Doc, src: _Src) -> _Inventor
     for name, body in data.items():
         line = doc.key_line(data, name)
         if body is not None and not isinstance(body, dict):
-            raise src.error(f"not an inventory: top-level {name!r} is neither a kubecert `hosts:` list "
+            raise src.error(f"not an inventory: top-level {_show(name)} is neither a kubecert `hosts:` list "
                             "nor an Ansible group", line)
-        _yaml_group(inv, str(name), body, line, None, doc, src, 0)
+        _yaml_group(inv, _str(name), body, line, None, doc, src, 0)
     return inv
 
 
@@ -599,7 +614,7 @@ def _yaml_vars(mapping: object, what: str, line: Optional[int], doc: _Doc, src: 
         return {}
     if not isinstance(mapping, dict):
         raise src.error(f"{what} must be a mapping of variables, not {_show(mapping)}", line)
-    return {str(k): _Var(v, doc.key_line(mapping, k)) for k, v in mapping.items()}
+    return {_str(k): _Var(v, doc.key_line(mapping, k)) for k, v in mapping.items()}
 
 
 def _yaml_group(inv: _Inventory, name: str, body: object, line: Optional[int], parent: Optional[str],
@@ -624,7 +639,7 @@ def _yaml_group(inv: _Inventory, name: str, body: object, line: Optional[int], p
                             doc.key_line(body, "hosts"))
         for pattern, hvars in hosts.items():
             hline = doc.key_line(hosts, pattern)
-            names, port = _host_pattern(str(pattern), hline, src)
+            names, port = _host_pattern(_str(pattern), hline, src)
             own = _yaml_vars(hvars, f"host {pattern}", hline, doc, src)
             inv.add_hosts(name, names, hline, {**port, **own}, src)
     inv.group(name, line).vars.update(_yaml_vars(body.get("vars"), f"group {name}: vars",
@@ -635,7 +650,7 @@ def _yaml_group(inv: _Inventory, name: str, body: object, line: Optional[int], p
             raise src.error(f"group {name}: children must be a mapping of groups, not {_show(children)}",
                             doc.key_line(body, "children"))
         for child, child_body in children.items():
-            _yaml_group(inv, str(child), child_body, doc.key_line(children, child), name, doc, src, depth + 1)
+            _yaml_group(inv, _str(child), child_body, doc.key_line(children, child), name, doc, src, depth + 1)
 
 
 # ---------------------------------------------------------------------------------------- Ansible -> hosts
@@ -748,7 +763,7 @@ def _substitute(value: str, var: _Var, what: str, hvars: Dict[str, _Var], host: 
     size = 0
     end = 0
     for m in _JINJA_VAR.finditer(value):
-        text = str(_lookup(m.group(1), what, hvars, host, w))
+        text = _str(_lookup(m.group(1), what, hvars, host, w))
         size += m.start() - end + len(text)
         if size > MAX_RENDERED:
             raise w.error(f"{what} {_show(var.value)} is longer than {MAX_RENDERED} characters once its "
