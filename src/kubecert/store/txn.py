@@ -62,12 +62,16 @@ class Write:
 
     def expected(self) -> Dict[str, Any]:
         """What the path holds once this write took effect (for "changed since" checks)."""
-        if self.delete:
-            return {"existed": False}
-        if self.link_target is not None:
-            return {"existed": True, "link_target": self.link_target}
-        assert self.data is not None
-        return {"existed": True, "sha256": sha256(self.data)}
+        return _holds(not self.delete, self.link_target, None if self.data is None else sha256(self.data))
+
+
+def _holds(existed: bool, link_target: Optional[str], digest: Optional[str]) -> Dict[str, Any]:
+    """What a path holds, as a backup manifest records it: nothing, a link, or a file's sha256."""
+    if not existed:
+        return {"existed": False}
+    if link_target is not None:
+        return {"existed": True, "link_target": link_target}
+    return {"existed": True, "sha256": digest}
 
 
 @dataclass(frozen=True)
@@ -110,7 +114,8 @@ def _backup_copy(backup_dir: str, path: str) -> str:
     return f"{backup_dir}/files{path}"
 
 
-def _read_journal(fs: NodeFS) -> Optional[Dict[str, Any]]:
+def pending(fs: NodeFS) -> Optional[Dict[str, Any]]:
+    """The journal of an unfinished change, if there is one (read-only)."""
     if not fs.exists(JOURNAL):
         return None
     try:
@@ -120,11 +125,6 @@ def _read_journal(fs: NodeFS) -> Optional[Dict[str, Any]]:
     if not isinstance(data, dict) or not isinstance(data.get("paths", []), list):
         raise StoreError(f"{fs.display(JOURNAL)}: corrupt journal; inspect it, then remove it by hand")
     return data
-
-
-def pending(fs: NodeFS) -> Optional[Dict[str, Any]]:
-    """The journal of an unfinished change, if there is one (read-only)."""
-    return _read_journal(fs)
 
 
 def _write_journal(fs: NodeFS, data: Dict[str, Any]) -> None:
@@ -200,10 +200,16 @@ def remove_tree(fs: NodeFS, path: str) -> None:
     fs.rmdir(path)
 
 
+def _restore_order(backup: Backup) -> List[BackupEntry]:
+    """Links and files back before removing what the change added, so that a symlink never points
+    at a file that is already gone (kubelet-client-current.pem)."""
+    return [e for e in backup.entries if e.existed] + [e for e in backup.entries if not e.existed]
+
+
 def restore_writes(fs: NodeFS, backup: Backup) -> List[Write]:
     """The writes that put every file of ``backup`` back as it was (or remove it if it was absent)."""
     writes = []
-    for e in backup.entries:
+    for e in _restore_order(backup):
         if not e.existed:
             writes.append(Write(e.path, delete=True))
         elif e.link_target is not None:
@@ -211,9 +217,7 @@ def restore_writes(fs: NodeFS, backup: Backup) -> List[Write]:
         else:
             writes.append(Write(e.path, _backup_data(fs, backup, e), e.mode if e.mode is not None else 0o600,
                                 uid=e.uid, gid=e.gid))
-    # put links and files back before removing what the change added, so that a symlink never
-    # points at a file that is already gone (kubelet-client-current.pem)
-    return [w for w in writes if not w.delete] + [w for w in writes if w.delete]
+    return writes
 
 
 def _backup_data(fs: NodeFS, backup: Backup, e: BackupEntry) -> bytes:
@@ -241,12 +245,7 @@ def changed_since(fs: NodeFS, backup: Backup) -> List[str]:
     out = []
     for path, want in backup.after.items():
         current, _ = snapshot(fs, path)
-        have: Dict[str, Any] = {"existed": current.existed}
-        if current.link_target is not None:
-            have["link_target"] = current.link_target
-        elif current.existed:
-            have["sha256"] = current.sha256
-        if have != want:
+        if _holds(current.existed, current.link_target, current.sha256) != want:
             out.append(path)
     return out
 
@@ -416,8 +415,7 @@ def _restore(fs: NodeFS, backup: Backup, consume: bool = False) -> None:
 
     ``consume`` (recovery of an undone change): move root-owned backup copies into place instead
     of writing new copies, so that rolling back needs no free space."""
-    order = [e for e in backup.entries if e.existed] + [e for e in backup.entries if not e.existed]
-    for e in order:
+    for e in _restore_order(backup):
         current, _ = snapshot(fs, e.path)
         if _same(current, e):
             continue
@@ -472,7 +470,7 @@ def sweep_leftovers(fs: NodeFS, extra_dirs: Sequence[str] = ()) -> List[str]:
 def recover(fs: NodeFS, now: dt.datetime) -> Optional[str]:
     """Finish an interrupted transaction and remove what a crash left (call with the lock held).
     Returns what was done. Works on a full disk: rolling back renames, the bookkeeping is best effort."""
-    journal = _read_journal(fs)
+    journal = pending(fs)
     if journal is None:
         swept = sweep_leftovers(fs)
         return f"removed {len(swept)} leftover temp file(s) of a crashed run" if swept else None
@@ -485,7 +483,6 @@ def recover(fs: NodeFS, now: dt.datetime) -> Optional[str]:
             _audit_once(fs, journal, now)
         except KubecertError as exc:
             notes.append(f"its audit record could not be written ({exc})")
-        fs.remove(JOURNAL)
         message = f"an interrupted {journal.get('action', 'change')} ({jid}) had completed; its audit record was finished"
         outcome = None
     elif state == "applying":
@@ -503,8 +500,9 @@ def recover(fs: NodeFS, now: dt.datetime) -> Optional[str]:
             _mark_undone(fs, jid, "interrupted before any file changed")
         message = f"an interrupted {journal.get('action', 'change')} ({jid}) had changed nothing; cleaned up"
         outcome = "discarded"
-    _drop_staged(fs, paths)
-    swept = sweep_leftovers(fs, [posixpath.dirname(p) for p in paths])
+    # one sweep removes the journal's own staged files and any other leftovers; only the latter are news
+    staged = {_staged(p) for p in paths}
+    swept = [s for s in sweep_leftovers(fs, [posixpath.dirname(p) for p in paths]) if s not in staged]
     if swept:
         notes.append(f"removed {len(swept)} leftover temp file(s)")
     if outcome is not None:
@@ -522,7 +520,7 @@ def prune(fs: NodeFS, *, now: dt.datetime, keep: Optional[int] = None,
     only the ones created before ``now - older_than``. The backup of a pending change is never removed."""
     if keep is None and older_than is None:
         raise StoreError("say what to prune: --keep N and/or --older-than DURATION")
-    journal = _read_journal(fs)
+    journal = pending(fs)
     protected = {str(journal.get("id")), str(journal.get("backup"))} if journal else set()
     found = list_backups(fs)
     candidates = found[:-keep] if keep else list(found)
