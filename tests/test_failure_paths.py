@@ -26,7 +26,17 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from treeutil import STATE_DIR, assert_one_line_error, clean_env, copy_tree, diff, node_state, run_kubecert, strays
+from treeutil import (
+    STATE_DIR,
+    assert_one_line_error,
+    clean_env,
+    copy_tree,
+    diff,
+    lab_create,
+    node_state,
+    run_kubecert,
+    strays,
+)
 
 NOW = "2026-11-30T12:00:00Z"
 REAL = dt.datetime.now(dt.timezone.utc)
@@ -36,19 +46,13 @@ JOURNAL = f"{STATE_DIR}/journal.json"
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A lab made at the real time (so that renewing it is valid now)."""
-    base = tmp_path_factory.mktemp("lab")
-    proc = run_kubecert("lab", "create", str(base / "lab"), "--nodes", "1", "--expires-in", "3d")
-    assert proc.returncode == 0, proc.stderr
-    return base / "lab/master-1"
+    return lab_create(tmp_path_factory.mktemp("lab"), "--nodes", "1", "--expires-in", "3d") / "master-1"
 
 
 @pytest.fixture(scope="module")
 def pinned_lab(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A lab made at the fixtures' pinned time, renewed with --now NOW."""
-    base = tmp_path_factory.mktemp("pinned")
-    proc = run_kubecert("lab", "create", str(base / "lab"), "--nodes", "1", "--expires-in", "3d", "--now", NOW)
-    assert proc.returncode == 0, proc.stderr
-    return base / "lab/master-1"
+    return lab_create(tmp_path_factory.mktemp("pinned"), "--nodes", "1", "--expires-in", "3d", "--now", NOW) / "master-1"
 
 
 def kubecert(*args: object, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -44,7 +44,7 @@ from kubecert.remote.hosts import Host
 from kubecert.remote.sftpfs import SFTPFS
 from kubecert.remote.ssh import Connection
 from kubecert.store.fs import MAX_READ, LocalFS, NodeFS
-from treeutil import copy_tree, key_leaks, private_keys_under, run_kubecert
+from treeutil import copy_tree, key_leaks, lab_create, private_keys_under
 
 pytestmark = pytest.mark.skipif(sshd.available() is not None, reason=str(sshd.available()))
 
@@ -62,10 +62,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sshd.Servers]:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    base = tmp_path_factory.mktemp("lab")
-    proc = run_kubecert("lab", "create", str(base / "lab"), "--nodes", "3", "--key-type", "ecdsa", "--now", NOW)
-    assert proc.returncode == 0, proc.stderr
-    return base / "lab"
+    return lab_create(tmp_path_factory.mktemp("lab"), "--nodes", "3", "--key-type", "ecdsa", "--now", NOW)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from typing import List
 import pytest
 import yaml
 
-from treeutil import assert_one_line_error, copy_tree, diff, node_state, run_kubecert
+from treeutil import assert_one_line_error, copy_tree, diff, lab_create, node_state, run_kubecert
 
 NOW = "2026-11-30T12:00:00Z"
 TIMES = ["2026-11-30T12:10:00Z", "2026-11-30T12:20:00Z", "2026-11-30T12:30:00Z"]
@@ -22,10 +22,7 @@ TIMES = ["2026-11-30T12:10:00Z", "2026-11-30T12:20:00Z", "2026-11-30T12:30:00Z"]
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    base = tmp_path_factory.mktemp("lab")
-    proc = run_kubecert("lab", "create", str(base / "lab"), "--nodes", "1", "--expires-in", "3d", "--now", NOW)
-    assert proc.returncode == 0, proc.stderr
-    return base / "lab/master-1"
+    return lab_create(tmp_path_factory.mktemp("lab"), "--nodes", "1", "--expires-in", "3d", "--now", NOW) / "master-1"
 
 
 def kubecert(*args: object) -> subprocess.CompletedProcess[str]:

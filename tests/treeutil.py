@@ -43,6 +43,13 @@ def run_kubecert(*args: str, env: Optional[Mapping[str, str]] = None, timeout: f
     return proc
 
 
+def lab_create(base: Path, *args: str) -> Path:
+    """``kubecert lab create BASE/lab ARGS`` (it must succeed); returns the lab directory."""
+    proc = run_kubecert("lab", "create", str(base / "lab"), *args)
+    assert proc.returncode == 0, proc.stderr
+    return base / "lab"
+
+
 def copy_tree(src: Path, dest: Path) -> Path:
     """A private copy of a node tree: symlinks stay symlinks (the kubelet's are absolute node paths),
     modes and owners are kept."""
