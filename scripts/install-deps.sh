@@ -2,6 +2,9 @@
 # Install what kubecert's tests and demo need on a fresh Debian machine (run as root).
 # Debian: openssl (independent checker), etcd-server/etcd-client (real etcd in tests),
 # openssh-server (real sshd in tests), iproute2. Python: kubecert itself with its test extras.
+# Then the real control plane (kube-apiserver, -controller-manager, -scheduler, kubeadm v1.20.2),
+# built from Debian's kubernetes source package by scripts/install-kube.sh (cached outside the
+# checkout; ~7 min the first time, nothing after).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need_apt=()
@@ -19,3 +22,4 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 python3 -m pip install -q --disable-pip-version-check -e ".[test]"
+bash scripts/install-kube.sh
