@@ -1,19 +1,15 @@
-"""Real components on 127.0.0.1 for end-to-end tests: etcd, a kube-apiserver TLS stand-in, kubectl.
+"""Real components on 127.0.0.1 for end-to-end tests: etcd, kubectl, openssl.
 
 Nothing here is mocked. etcd is Debian's binary (etcd-server / etcd-client, installed by
 ``scripts/install-deps.sh``) run as a single member with the TLS flags kubeadm's static pod uses,
-pointed at a node root's ``etc/kubernetes/pki/etcd``. The apiserver stand-in is an HTTPS server
-(Python's ssl + http.server) that requires client certificates, as kube-apiserver with
-``--client-ca-file`` does, and answers /readyz, /livez and /healthz. kubectl and openssl are the
-real binaries. Every wait is bounded and every process is stopped by the test that started it,
-through its own process group (never by name).
+pointed at a node root's ``etc/kubernetes/pki/etcd``. kubectl and openssl are the real binaries
+(the real kube-apiserver runs under tests/fakenode: tests/kubebin.py). Every wait is bounded and
+every process is stopped by the test that started it, through its own process group (never by name).
 """
 
 from __future__ import annotations
 
 import base64
-import http.server
-import json
 import os
 import platform
 import shutil
@@ -22,16 +18,14 @@ import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import pytest
 import yaml
 from cryptography import x509
-from cryptography.x509.oid import NameOID
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -376,116 +370,6 @@ def etcd_self_health(metrics_port: int, timeout: float = 10.0) -> str:
         time.sleep(0.1)
 
 
-# --------------------------------------------------------------------------------------------- apiserver stand-in
-
-
-APISERVER_VERSION = {"major": "1", "minor": "28", "gitVersion": "v1.28.4", "platform": "linux/amd64"}
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    server: _TLSHTTPServer
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        der = self.connection.getpeercert(binary_form=True) if isinstance(self.connection, ssl.SSLSocket) else None
-        cns = x509.load_der_x509_certificate(der).subject.get_attributes_for_oid(NameOID.COMMON_NAME) if der else []
-        self.server.requests.append((str(cns[0].value) if cns else "", self.path))
-        path = self.path.split("?")[0]
-        if path == "/version":  # kubectl's version dispatcher asks first
-            status, ctype, body = 200, "application/json", json.dumps(APISERVER_VERSION).encode()
-        elif path in ("/readyz", "/livez", "/healthz"):
-            status, ctype, body = 200, "text/plain; charset=utf-8", b"ok"
-        else:
-            status, ctype, body = 404, "text/plain; charset=utf-8", b"404 page not found\n"
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (signature of the base class)
-        pass
-
-
-class _TLSHTTPServer(http.server.ThreadingHTTPServer):
-    """Plain sockets are accepted by the serving thread; each TLS handshake runs in the
-    connection's own thread, so a client that stalls or fails cannot block the others."""
-
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, port: int, context: ssl.SSLContext) -> None:
-        self.context = context
-        self.handshake_errors: List[str] = []
-        self.requests: List[Tuple[str, str]] = []
-        super().__init__((HOST, port), _Handler)
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        request.settimeout(10)
-        try:
-            tls = self.context.wrap_socket(request, server_side=True)
-        except (ssl.SSLError, OSError) as exc:
-            self.handshake_errors.append(str(exc))
-            return
-        try:
-            _Handler(tls, client_address, self)
-        except OSError:
-            pass
-        finally:
-            tls.close()
-
-
-class TLSServer:
-    """A running kube-apiserver stand-in; a context manager that stops it."""
-
-    def __init__(self, server: _TLSHTTPServer, thread: threading.Thread, cert: Path) -> None:
-        self._server = server
-        self._thread = thread
-        self.cert = cert
-        self.port: int = server.server_address[1]
-
-    @property
-    def url(self) -> str:
-        return f"https://{HOST}:{self.port}"
-
-    @property
-    def handshake_errors(self) -> List[str]:
-        """Why client handshakes were refused (e.g. an expired client certificate)."""
-        return self._server.handshake_errors
-
-    @property
-    def requests(self) -> List[Tuple[str, str]]:
-        """(client cert CN, path) of every request served."""
-        return self._server.requests
-
-    def stop(self) -> None:
-        if self._thread.is_alive():
-            self._server.shutdown()
-            self._thread.join(5)
-        self._server.server_close()
-
-    def __enter__(self) -> TLSServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def start_tls_server(cert: PathLike, key: PathLike, client_ca: PathLike, port: int = 0) -> TLSServer:
-    """An HTTPS server on 127.0.0.1:port serving ``cert``/``key`` and requiring a client cert that
-    verifies against ``client_ca`` (as kube-apiserver's --client-ca-file); GET /readyz, /livez and
-    /healthz answer 200 "ok". The certs are read once, at start: restart it to serve new ones."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(str(cert), str(key))
-    ctx.load_verify_locations(str(client_ca))
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    server = _TLSHTTPServer(port, ctx)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
-                              name=f"tls-server-{server.server_address[1]}", daemon=True)
-    thread.start()
-    return TLSServer(server, thread, Path(cert))
-
-
 # --------------------------------------------------------------------------------------------- CLIs
 
 
@@ -528,24 +412,6 @@ def renew_all(node_root: PathLike, *args: str) -> subprocess.CompletedProcess[st
 def kubectl(*args: str, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
     """The real kubectl, bounded, without KUBECONFIG or proxies from the environment."""
     return run([require_tool("kubectl"), *args], timeout=timeout)
-
-
-def kubeconfig_for(src: PathLike, dest: PathLike, server: str) -> Path:
-    """Copy a kubeconfig and point its current context's cluster at ``server`` with
-    ``kubectl config set-cluster NAME --server=SERVER`` (NAME is ``kubernetes`` in a kubeadm cluster)."""
-    dest = Path(dest)
-    shutil.copyfile(src, dest)
-    os.chmod(dest, 0o600)
-    doc = yaml.safe_load(dest.read_text())
-    ctx = next(c["context"] for c in doc["contexts"] if c["name"] == doc["current-context"])
-    r = kubectl("config", "set-cluster", ctx["cluster"], f"--server={server}", "--kubeconfig", str(dest))
-    if r.returncode != 0:
-        raise RealWorldError(f"kubectl config set-cluster failed ({r.returncode}): {r.stderr}")
-    return dest
-
-
-def kubectl_get_raw(kubeconfig: PathLike, path: str = "/readyz") -> subprocess.CompletedProcess[str]:
-    return kubectl("--kubeconfig", str(kubeconfig), "--request-timeout=5s", "get", "--raw", path)
 
 
 def openssl_verify(ca: PathLike, cert: PathLike) -> subprocess.CompletedProcess[str]:

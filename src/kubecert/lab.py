@@ -15,7 +15,7 @@ import datetime as dt
 import os
 import shutil
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import yaml
 from cryptography import x509
@@ -400,6 +400,19 @@ def kubeconfig_bytes(cluster: str, server: str, ca_pem: bytes, user: str, *,
     return yaml.safe_dump(doc, sort_keys=False).encode()
 
 
+def static_pod_manifests(node: LabNode, *, etcd_servers: str = "https://127.0.0.1:2379",
+                         etcd_members: Sequence[LabNode] = ()) -> Dict[str, bytes]:
+    """The static pod manifests kubeadm v1.28 writes for ``node``: etcd (when ``etcd_members`` is
+    given: a stacked or external etcd member) and, for a control-plane node, kube-apiserver (using
+    ``etcd_servers``), kube-controller-manager and kube-scheduler. Manifest name -> YAML."""
+    out: Dict[str, bytes] = {}
+    if etcd_members:
+        out["etcd"] = _etcd_manifest(node, list(etcd_members))
+    if node.role == "control-plane":
+        out.update(_control_plane_manifests(node, etcd_servers))
+    return out
+
+
 def _pod(name: str, image: str, command: List[str], port: int, scheme: str = "HTTPS",
          path: str = "/healthz", host: str = "127.0.0.1") -> bytes:
     doc = {
@@ -435,21 +448,28 @@ def _control_plane_manifests(node: LabNode, etcd_servers: str) -> Dict[str, byte
     pki = L.DEFAULT_PKI_DIR
     api = ["kube-apiserver", f"--advertise-address={node.ip}", "--allow-privileged=true",
            "--authorization-mode=Node,RBAC", f"--client-ca-file={pki}/ca.crt",
+           "--enable-admission-plugins=NodeRestriction", "--enable-bootstrap-token-auth=true",
            f"--etcd-cafile={pki}/etcd/ca.crt", f"--etcd-certfile={pki}/apiserver-etcd-client.crt",
            f"--etcd-keyfile={pki}/apiserver-etcd-client.key", f"--etcd-servers={etcd_servers}",
            f"--kubelet-client-certificate={pki}/apiserver-kubelet-client.crt",
            f"--kubelet-client-key={pki}/apiserver-kubelet-client.key",
+           "--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname",
            f"--proxy-client-cert-file={pki}/front-proxy-client.crt",
            f"--proxy-client-key-file={pki}/front-proxy-client.key",
-           f"--requestheader-client-ca-file={pki}/front-proxy-ca.crt", "--secure-port=6443",
+           "--requestheader-allowed-names=front-proxy-client",
+           f"--requestheader-client-ca-file={pki}/front-proxy-ca.crt",
+           "--requestheader-extra-headers-prefix=X-Remote-Extra-", "--requestheader-group-headers=X-Remote-Group",
+           "--requestheader-username-headers=X-Remote-User", "--secure-port=6443",
            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
            f"--service-account-key-file={pki}/sa.pub", f"--service-account-signing-key-file={pki}/sa.key",
            f"--service-cluster-ip-range={SERVICE_SUBNET}", f"--tls-cert-file={pki}/apiserver.crt",
            f"--tls-private-key-file={pki}/apiserver.key"]
     cm = ["kube-controller-manager", "--authentication-kubeconfig=/etc/kubernetes/controller-manager.conf",
           "--authorization-kubeconfig=/etc/kubernetes/controller-manager.conf", "--bind-address=127.0.0.1",
-          f"--client-ca-file={pki}/ca.crt", f"--cluster-signing-cert-file={pki}/ca.crt",
-          f"--cluster-signing-key-file={pki}/ca.key", "--kubeconfig=/etc/kubernetes/controller-manager.conf",
+          f"--client-ca-file={pki}/ca.crt", "--cluster-name=kubernetes",
+          f"--cluster-signing-cert-file={pki}/ca.crt", f"--cluster-signing-key-file={pki}/ca.key",
+          "--controllers=*,bootstrapsigner,tokencleaner", "--kubeconfig=/etc/kubernetes/controller-manager.conf",
+          "--leader-elect=true",
           f"--requestheader-client-ca-file={pki}/front-proxy-ca.crt", f"--root-ca-file={pki}/ca.crt",
           f"--service-account-private-key-file={pki}/sa.key", "--use-service-account-credentials=true"]
     sched = ["kube-scheduler", "--authentication-kubeconfig=/etc/kubernetes/scheduler.conf",

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
+import ipaddress
 import json
 import os
 import re
@@ -37,6 +38,9 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import yaml
+from cryptography import x509
+
+import kubebin
 
 from . import state as S
 from . import units as U
@@ -48,7 +52,7 @@ BIN_DIR = FAKENODE_DIR / "bin"
 KUBELET_PY = FAKENODE_DIR / "kubelet.py"
 TOOLS = ("crictl", "docker", "systemctl", "service")
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
-READY_TIMEOUT = 30.0
+READY_TIMEOUT = 90.0  # the real apiserver needs ~5-10 s on 2 cores, more under load
 KUBELET_CONFIG = "var/lib/kubelet/config.yaml"
 FILE_CHECK_FREQUENCY = "200ms"
 
@@ -217,14 +221,28 @@ def prepare_node(root: PathLike, *, ports: Optional[NodePorts] = None, etcd_serv
             _rewrite_yaml(path, kubeadm_config, all_docs=True)
     _kubelet_config(root, ports.kubelet_healthz)
     if has_api:
+        # a kubeadm apiserver cert names 127.0.0.1 only when certSANs asked for it: otherwise the
+        # kubeconfigs reach https://127.0.0.1:PORT under a name it has (what a tunnel needs too)
+        name = None if _names_loopback(root / "etc/kubernetes/pki/apiserver.crt") else "kubernetes"
         for conf in ("admin.conf", "super-admin.conf", "kubelet.conf", "controller-manager.conf", "scheduler.conf"):
             path = root / "etc/kubernetes" / conf
             if path.is_file():
                 mode = path.stat().st_mode & 0o7777
-                text = re.sub(r"(?m)^(\s*server:\s*)\S+\s*$", rf"\g<1>https://{HOST}:{ports.apiserver}",
+                text = re.sub(r"(?m)^(\s*)(server:\s*)\S+\s*$", rf"\g<1>\g<2>https://{HOST}:{ports.apiserver}",
                               path.read_text())
+                if name and "tls-server-name:" not in text:
+                    text = re.sub(r"(?m)^(\s*)(server:.*)$", rf"\g<1>\g<2>\n\g<1>tls-server-name: {name}", text)
                 S.write_atomic(path, text.encode(), mode)
     return ports
+
+
+def _names_loopback(cert_path: Path) -> bool:
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        return True
+    return ipaddress.ip_address(HOST) in sans.get_values_for_type(x509.IPAddress)
 
 
 RUNTIME_SOCKETS = {"containerd": "/run/containerd/containerd.sock", "cri-o": "/var/run/crio/crio.sock",
@@ -486,9 +504,10 @@ class FakeNode:
         return self.root / "etc/kubernetes/pki" / rel
 
     def _get(self, port: int, path: str, ca: Optional[Path], cert: Optional[Path], key: Optional[Path],
-             timeout: float = 3.0) -> Tuple[int, str]:
+             timeout: float = 3.0, check_hostname: bool = True) -> Tuple[int, str]:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         if ca is not None:
+            ctx.check_hostname = check_hostname
             ctx.load_verify_locations(str(ca))
         else:
             ctx.check_hostname = False
@@ -513,9 +532,10 @@ class FakeNode:
             if component == "etcd":
                 return self._get(self.ports.etcd_client, path or "/health", self.pki("etcd/ca.crt"),
                                  self.pki("etcd/healthcheck-client.crt"), self.pki("etcd/healthcheck-client.key"))
-            if component == "kube-apiserver":
+            if component == "kube-apiserver":  # chain checked; a kubeadm apiserver cert may not name 127.0.0.1
                 return self._get(self.ports.apiserver, path or "/readyz", self.pki("ca.crt"),
-                                 self.pki("apiserver-kubelet-client.crt"), self.pki("apiserver-kubelet-client.key"))
+                                 self.pki("apiserver-kubelet-client.crt"), self.pki("apiserver-kubelet-client.key"),
+                                 check_hostname=False)
             if component == "kubelet":
                 conn = http.client.HTTPConnection(HOST, self.ports.kubelet_healthz, timeout=3)
                 try:
@@ -667,7 +687,11 @@ def running_node(root: PathLike, tmp_path: PathLike, *, wait_ready: bool = True,
     (200ms after prepare_node). The supervisor watches ``owner_pid`` (default: this process): if the
     test run dies without tearing down, the supervisor stops everything itself. On exit, whatever
     happened, every process is stopped.
+
+    The control plane is the real kube-apiserver, kube-controller-manager and kube-scheduler
+    (tests/kubebin.py): the test skips, or fails in CI, when they are not installed.
     """
+    kube_bin = kubebin.require()
     root = Path(root).resolve()
     ports = read_ports(root)
     state = _state_dir(Path(tmp_path))
@@ -683,6 +707,7 @@ def running_node(root: PathLike, tmp_path: PathLike, *, wait_ready: bool = True,
                "--owner-pid", f"{owner_pid or os.getpid()}:{S.start_time(owner_pid or os.getpid())}"]
     if file_check_frequency is not None:
         command += ["--file-check-frequency", str(file_check_frequency)]
+    command += ["--kube-bin", str(kube_bin)]
     U.define(state, "kubelet", command, {"PYTHONUNBUFFERED": "1"}, kill_signal="SIGUSR1",
              description="fake kubelet (tests/fakenode)")
     node = FakeNode(root, state, ports, env, bin_dir)

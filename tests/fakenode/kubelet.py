@@ -1,7 +1,7 @@
 """The fake kubelet: runs a node root's static pod manifests as REAL processes, as the kubelet does.
 
     python tests/fakenode/kubelet.py --root NODE_ROOT --state STATE_DIR [--file-check-frequency SECONDS]
-                                     [--owner-pid PID[:STARTTIME]]
+                                     [--owner-pid PID[:STARTTIME]] [--kube-bin DIR]
 
 ``NODE_ROOT/var/lib/kubelet/config.yaml`` (KubeletConfiguration), when present, gives
 ``staticPodPath``, ``fileCheckFrequency`` (the flag wins; default 0.5 s) and the plain-HTTP
@@ -16,7 +16,9 @@ and the file's path, so an edit or a rename replaces the pod and a ``touch`` doe
 0.2 s it checks its processes:
 
 * ``etcd``: ``/usr/bin/etcd`` (``$KUBECERT_FAKE_ETCD`` overrides) with the manifest's flags;
-* ``kube-apiserver``, ``kube-controller-manager``, ``kube-scheduler``: ``apiserver.py``;
+* ``kube-apiserver``, ``kube-controller-manager``, ``kube-scheduler``: the REAL binaries in
+  ``--kube-bin DIR`` (scripts/install-kube.sh; v1.20.2) with the manifest's flags, adjusted for
+  v1.20 by ``tests/kubebin.py`` (``v120_argv``); without ``--kube-bin`` they cannot start (exit 1);
 * any other container: a process that sleeps until stopped.
 
 Paths under /etc/kubernetes and /var/lib are rewritten into NODE_ROOT, etcd's ``--data-dir`` to
@@ -65,6 +67,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for `fak
 
 import yaml  # noqa: E402
 
+import kubebin  # noqa: E402
 from fakenode import state as S  # noqa: E402
 from fakenode import units as U  # noqa: E402
 
@@ -74,7 +77,6 @@ BACKOFF_MAX = 2.0
 QUICK_EXIT = 2.0  # an error exit this soon after start counts towards the crash-loop back-off
 STOP_GRACE = 5.0
 DEAD_PER_CONTAINER = 1  # exited containers kept per pod, as the kubelet's --maximum-dead-containers-per-container
-APISERVER_PY = Path(__file__).resolve().with_name("apiserver.py")
 SERVERS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
 # flags naming the files a component serves (or authenticates) with: what "stale" freezes
 CERT_FLAGS = {
@@ -177,8 +179,9 @@ class Pod:
 
 class Supervisor:
     def __init__(self, root: Path, state: Path, file_check_frequency: float, config: Dict[str, Any],
-                 owner: Optional[Tuple[int, int]] = None) -> None:
+                 owner: Optional[Tuple[int, int]] = None, kube_bin: Optional[Path] = None) -> None:
         self.root = root
+        self.kube_bin = kube_bin
         self.state = state
         self.frequency = file_check_frequency
         self.config = config
@@ -346,8 +349,11 @@ class Supervisor:
                     f"import sys; sys.stderr.write('fake node: fail-start knob set for {name}\\n'); sys.exit(1)"]
         if name == "etcd":
             return [etcd_binary(), *flags]
+        if name in SERVERS and self.kube_bin is not None:
+            return kubebin.v120_argv(name, flags, self.kube_bin)
         if name in SERVERS:
-            return [sys.executable, str(APISERVER_PY), name, *flags]
+            return [sys.executable, "-c", f"import sys; sys.stderr.write('fake node: no --kube-bin for {name}\\n'); "
+                    "sys.exit(1)"]
         return [sys.executable, "-c", SLEEPER]
 
     @staticmethod
@@ -613,6 +619,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                          f"NODE_ROOT/{KUBELET_CONFIG}, else 0.5)")
     ap.add_argument("--owner-pid", default=None, metavar="PID[:STARTTIME]",
                     help="stop every container and unit, then exit, once this process is gone (the test run)")
+    ap.add_argument("--kube-bin", type=Path, default=None, metavar="DIR",
+                    help="run the real kube-apiserver, kube-controller-manager and kube-scheduler from DIR "
+                         "instead of the stand-ins")
     args = ap.parse_args(argv)
     root, state = args.root.resolve(), args.state.resolve()
     if not (root / "etc/kubernetes").is_dir():
@@ -629,7 +638,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.owner_pid:
         pid, _, started = args.owner_pid.partition(":")
         owner = (int(pid), int(started) if started else S.start_time(int(pid)))
-    sup = Supervisor(root, state, max(0.05, frequency), config, owner)
+    sup = Supervisor(root, state, max(0.05, frequency), config, owner, args.kube_bin)
 
     def on_signal(signum: int, _frame: Any) -> None:
         sup.shutdown = "detach" if signum == signal.SIGUSR1 else "stop"
