@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import yaml
 
@@ -96,14 +96,23 @@ def three_masters(tmp_path: Path, *lab_args: str, expires_in: Optional[str] = "1
             cl.nodes[n] = stack.enter_context(running_node(lab / n, node_tmp, wait_ready=False))
             cl.nodes[n].install_unit_file("kubelet")
         for n in names:
-            cl.nodes[n].wait_ready(60)
+            cl.nodes[n].wait_ready(120)
         yield cl
 
 
-class EtcdLoad:
-    """Writes and reads keys through every etcd client URL (JSON gateway, TLS client cert) until
-    stopped. Like an etcd client with several endpoints, a request that fails on one endpoint is
-    retried on the next; it counts as failed only when every endpoint failed."""
+def kubeconfig_credentials(path: Path) -> Tuple[bytes, bytes]:
+    """(client cert PEM, key PEM) embedded in a kubeconfig (kubeadm's admin.conf and friends)."""
+    user = yaml.safe_load(path.read_text())["users"][0]["user"]
+    return base64.b64decode(user["client-certificate-data"]), base64.b64decode(user["client-key-data"])
+
+
+class Load:
+    """Requests through every endpoint until stopped. Like a client with several endpoints (or a
+    load balancer), a request that fails on one endpoint is retried on the next: ``retried`` counts
+    those endpoint failures; a request counts as ``failed`` only when every endpoint failed.
+    Subclasses say what one request is (:meth:`request`)."""
+
+    what = "requests"
 
     def __init__(self, urls: Sequence[str], ca: bytes, cert: bytes, key: bytes, interval: float = 0.02) -> None:
         self.urls = list(urls)
@@ -121,34 +130,38 @@ class EtcdLoad:
         self.ctx.check_hostname = False
         self.ctx.load_cert_chain(str(Path(d, "c.pem")), str(Path(d, "k.pem")))
 
-    def _call(self, url: str, path: str, body: Dict[str, str]) -> Dict[str, Any]:
+    @property
+    def retried(self) -> int:
+        return self.endpoint_errors
+
+    def _call(self, url: str, method: str, path: str, body: Optional[Dict[str, Any]] = None,
+              expect: Sequence[int] = (200,)) -> Dict[str, Any]:
         hostport = url.split("://", 1)[1]
         host, port = hostport.rsplit(":", 1)
-        conn = http.client.HTTPSConnection(host, int(port), timeout=2, context=self.ctx)
+        conn = http.client.HTTPSConnection(host, int(port), timeout=3, context=self.ctx)
         try:
-            conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+            headers = {"Content-Type": "application/json"} if body is not None else {}
+            conn.request(method, path, json.dumps(body) if body is not None else None, headers)
             r = conn.getresponse()
             data = r.read()
-            if r.status != 200:
-                raise OSError(f"HTTP {r.status}")
+            if r.status not in expect:
+                raise OSError(f"HTTP {r.status}: {data[:200]!r}")
             return json.loads(data)  # type: ignore[no-any-return]
         finally:
             conn.close()
+
+    def request(self, url: str, i: int, attempt: int) -> None:
+        raise NotImplementedError
 
     def _loop(self) -> None:
         i = 0
         while not self._stop.is_set():
             i += 1
-            k = base64.b64encode(f"load/{i}".encode()).decode()
-            v = base64.b64encode(str(i).encode()).decode()
             done = False
             for attempt in range(len(self.urls)):
                 url = self.urls[(i + attempt) % len(self.urls)]
                 try:
-                    self._call(url, "/v3/kv/put", {"key": k, "value": v})
-                    got = self._call(url, "/v3/kv/range", {"key": k})
-                    if base64.b64decode(got["kvs"][0]["value"]).decode() != str(i):
-                        raise OSError("read back a different value")
+                    self.request(url, i, attempt)
                     done = True
                     break
                 except (OSError, ssl.SSLError, http.client.HTTPException, KeyError, ValueError) as exc:
@@ -161,10 +174,45 @@ class EtcdLoad:
                 self.failed += 1
             time.sleep(self.interval)
 
-    def __enter__(self) -> EtcdLoad:
+    def summary(self) -> str:
+        return f"{self.what}: {self.ok} ok, {self.failed} failed, {self.retried} retried on another endpoint"
+
+    def __enter__(self) -> Load:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(10)
+
+
+class EtcdLoad(Load):
+    """Writes and reads keys through every etcd client URL (JSON gateway, TLS client cert)."""
+
+    what = "etcd requests"
+
+    def request(self, url: str, i: int, attempt: int) -> None:
+        k = base64.b64encode(f"load/{i}".encode()).decode()
+        v = base64.b64encode(str(i).encode()).decode()
+        self._call(url, "POST", "/v3/kv/put", {"key": k, "value": v})
+        got = self._call(url, "POST", "/v3/kv/range", {"key": k})
+        if base64.b64decode(got["kvs"][0]["value"]).decode() != str(i):
+            raise OSError("read back a different value")
+
+
+class ApiLoad(Load):
+    """Creates a ConfigMap and reads it back through every kube-apiserver URL (client cert: an
+    admin.conf's), as kubectl against several endpoints or a load balancer would. A retry uses a
+    new name, so a create that landed before its answer was lost never collides."""
+
+    what = "API requests"
+    namespace = "default"
+
+    def request(self, url: str, i: int, attempt: int) -> None:
+        name = f"kubecert-load-{i}-{attempt}"
+        base = f"/api/v1/namespaces/{self.namespace}/configmaps"
+        self._call(url, "POST", base, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name},
+                                       "data": {"i": str(i)}}, expect=(201,))
+        got = self._call(url, "GET", f"{base}/{name}")
+        if got.get("data", {}).get("i") != str(i):
+            raise OSError("read back a different value")

@@ -5,7 +5,7 @@ namespace the way kubecert reaches real nodes. Pytest-only.
 ::
 
     kc-op-<id>   operator: bridge kcbr0 198.51.100.1/24; kubecert, etcdctl and the load run here
-      |-- veth -- kc-m1-<id>  198.51.100.11  sshd :22, fake kubelet (etcd :2379/:2380, apiserver), :6443 forwarder
+      |-- veth -- kc-m1-<id>  198.51.100.11  sshd :22, fake kubelet (etcd :2379/:2380, kube-apiserver :6443, ...)
       |-- veth -- kc-m2-<id>  198.51.100.12  ...
       '-- veth -- kc-m3-<id>  198.51.100.13  ...
 
@@ -16,9 +16,9 @@ the lab tree: etcd's ``--initial-cluster`` names all three members (one cluster,
 hosts), the kubelet config gets ``fileCheckFrequency: 200ms``, each root gets a containerd socket
 and a kubelet unit file (what runtime detection looks for).
 
-The apiserver stand-in (fakenode/apiserver.py) only ever listens on 127.0.0.1, so each host runs a
-plain TCP forwarder ``198.51.100.1N:6443 -> 127.0.0.1:6443`` (``python netlab.py forward``): TLS
-passes through, the served certificate is the apiserver's own.
+Each host runs the real kube-apiserver, kube-controller-manager and kube-scheduler (tests/kubebin.py)
+with the lab's manifest flags: the apiserver listens on all of the host's addresses, as kubeadm's
+manifest has it.
 
 Each host's fake kubelet is the unit ``kubelet`` of its state directory, started through
 ``ip netns exec``, so ``systemctl restart kubelet`` (the stand-in, run over SSH) keeps it in its
@@ -29,10 +29,10 @@ In-process network access goes through :meth:`Netns.call`, which runs a function
 that entered the namespace (``setns(2)`` changes only the calling thread), so the load generator and
 the TLS handshakes run "in" ``kc-op`` without a subprocess.
 
-Teardown, whatever happened: every fake node stopped, sshd and forwarders terminated, any process
+Teardown, whatever happened: every fake node stopped, sshd and reapers terminated, any process
 still inside one of the namespaces killed, the namespaces deleted. Should pytest itself be killed,
-the fake kubelets stop their pods and each forwarder kills what is left in its namespace; only the
-(empty) namespace names stay behind: ``ip netns del kc-op-<id> kc-m1-<id> ...``.
+the fake kubelets stop their pods and each reaper (``python netlab.py reap``) kills what is left in
+its namespace; only the (empty) namespace names stay behind: ``ip netns del kc-op-<id> kc-m1-<id> ...``.
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import yaml
 
-from clusterlab import EtcdLoad
+import kubebin
+from clusterlab import ApiLoad, EtcdLoad, Load, kubeconfig_credentials
 from fakenode import state as S
 from fakenode import units as U
 from fakenode.fixture import BIN_DIR, KUBELET_PY, TOOLS, FakeNode, NodePorts, runtime_socket, set_flag
@@ -391,7 +392,7 @@ class NetHost:
     root: Path
     node: FakeNode  # state, containers, knobs, stop(); its probes use 127.0.0.1: run them via netns.call
     sshd: Sshd
-    forwarder: Optional[subprocess.Popen[bytes]] = None
+    reaper: Optional[subprocess.Popen[bytes]] = None
 
     def pki(self, rel: str) -> Path:
         return self.root / "etc/kubernetes/pki" / rel
@@ -453,6 +454,14 @@ class NetLab:
                              m1.pki("apiserver-etcd-client.crt").read_bytes(),
                              m1.pki("apiserver-etcd-client.key").read_bytes(), interval)
 
+    def api_load(self, interval: float = 0.02) -> NetnsApiLoad:
+        """ApiLoad from the operator namespace through every host's kube-apiserver address
+        (credentials: master-1's admin.conf as it is now; still valid after the renewal)."""
+        m1 = self.hosts[NAMES[0]]
+        urls = [f"https://{h.address}:{PORTS.apiserver}" for h in self.hosts.values()]
+        cert, key = kubeconfig_credentials(m1.root / "etc/kubernetes/admin.conf")
+        return NetnsApiLoad(self.op, urls, m1.pki("ca.crt").read_bytes(), cert, key, interval)
+
     # ----------------------------------------------------------------------------------- waiting
 
     def wait_ready(self, timeout: float = 60.0, hosts: Optional[Sequence[str]] = None) -> None:
@@ -482,8 +491,8 @@ class NetLab:
         return "\n".join(out)
 
 
-class NetnsEtcdLoad(EtcdLoad):
-    """clusterlab.EtcdLoad whose worker thread lives in a network namespace (the operator's)."""
+class _InNetns(Load):
+    """A clusterlab load generator whose worker thread lives in a network namespace (the operator's)."""
 
     def __init__(self, netns: Netns, urls: Sequence[str], ca: bytes, cert: bytes, key: bytes,
                  interval: float = 0.02) -> None:
@@ -493,6 +502,14 @@ class NetnsEtcdLoad(EtcdLoad):
     def _loop(self) -> None:
         self.netns.enter()
         super()._loop()
+
+
+class NetnsEtcdLoad(_InNetns, EtcdLoad):
+    pass
+
+
+class NetnsApiLoad(_InNetns, ApiLoad):
+    pass
 
 
 def _prepare_tree(lab: Path) -> None:
@@ -517,8 +534,9 @@ def _prepare_tree(lab: Path) -> None:
 
 
 @contextlib.contextmanager
-def netlab(tmp_path: Path, *, expires_in: str = "10m", ready_timeout: float = 60.0) -> Iterator[NetLab]:
+def netlab(tmp_path: Path, *, expires_in: str = "10m", ready_timeout: float = 90.0) -> Iterator[NetLab]:
     """Build and run the namespaced lab under ``tmp_path``; tear everything down on exit."""
+    kube_bin = kubebin.require()
     t0 = time.monotonic()
     timings: Dict[str, float] = {}
     why = lab_problem()
@@ -574,7 +592,8 @@ def netlab(tmp_path: Path, *, expires_in: str = "10m", ready_timeout: float = 60
             env["PATH"] = f"{bin_dir}{os.pathsep}/usr/bin:/bin"
             node = FakeNode(root, state, PORTS, env, bin_dir)
             U.define(state, "kubelet", [IP, "netns", "exec", ns.name, sys.executable, str(KUBELET_PY), "--root",
-                                        str(root), "--state", str(state), "--owner-pid", owner],
+                                        str(root), "--state", str(state), "--owner-pid", owner,
+                                        "--kube-bin", str(kube_bin)],
                      {"PYTHONUNBUFFERED": "1"}, kill_signal="SIGUSR1",
                      description=f"fake kubelet of {n} in {ns.name} (tests/netlab.py)")
             node.install_unit_file("kubelet")
@@ -589,12 +608,11 @@ def netlab(tmp_path: Path, *, expires_in: str = "10m", ready_timeout: float = 60
         for h in hosts.values():
             stack.callback(h.sshd.stop)
             h.sshd.start(op)
-            with open(tmp_path / f"forward-{h.name}.log", "wb") as log:
-                h.forwarder = subprocess.Popen(
-                    h.netns.argv([sys.executable, str(NETLAB_PY), "forward", f"{h.address}:{PORTS.apiserver}",
-                                  f"127.0.0.1:{PORTS.apiserver}", "--owner-pid", owner]),
+            with open(tmp_path / f"reaper-{h.name}.log", "wb") as log:
+                h.reaper = subprocess.Popen(
+                    h.netns.argv([sys.executable, str(NETLAB_PY), "reap", "--owner-pid", owner]),
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-            stack.callback(_stop_proc, h.forwarder)
+            stack.callback(_stop_proc, h.reaper)
         timings["sshd"] = time.monotonic() - t0 - timings["lab create"] - timings["network"]
 
         known_hosts = ssh_dir / "known_hosts"
@@ -631,36 +649,7 @@ def _stop_proc(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(5)
 
 
-# --------------------------------------------------------------------------------------------- the forwarder (a script)
-
-
-def _pump(src: socket.socket, dst: socket.socket) -> None:
-    try:
-        while True:
-            data = src.recv(65536)
-            if not data:
-                break
-            dst.sendall(data)
-    except OSError:
-        pass
-    finally:
-        with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_WR)
-
-
-def _relay(client: socket.socket, target: Tuple[str, int]) -> None:
-    try:
-        upstream = socket.create_connection(target, timeout=3)
-    except OSError:
-        client.close()  # nothing listens behind us (apiserver restarting): as a refused connection
-        return
-    upstream.settimeout(None)
-    back = threading.Thread(target=_pump, args=(upstream, client), daemon=True)
-    back.start()
-    _pump(client, upstream)
-    back.join(30)
-    client.close()
-    upstream.close()
+# --------------------------------------------------------------------------------------------- the reaper (a script)
 
 
 def _reap_namespace() -> None:
@@ -676,36 +665,23 @@ def _reap_namespace() -> None:
             continue
 
 
-def forward(listen: str, target: str, owner: Optional[str]) -> int:
-    lh, lp = listen.rsplit(":", 1)
-    th, tp = target.rsplit(":", 1)
-    server = socket.create_server((lh, int(lp)))
-    if owner:
-        pid, _, started = owner.partition(":")
-
-        def watch() -> None:
-            while S.alive(int(pid), int(started) if started else None):
-                time.sleep(0.5)
-            _reap_namespace()
-            os._exit(0)
-
-        threading.Thread(target=watch, daemon=True).start()
-    while True:
-        client, _ = server.accept()
-        threading.Thread(target=_relay, args=(client, (th, int(tp))), daemon=True).start()
+def _watch(owner: str) -> None:
+    """Return once the process ``PID[:STARTTIME]`` is gone, after killing the rest of the namespace."""
+    pid, _, started = owner.partition(":")
+    while S.alive(int(pid), int(started) if started else None):
+        time.sleep(0.5)
+    _reap_namespace()
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description="netlab helpers that run inside a lab namespace")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    fw = sub.add_parser("forward", help="TCP forwarder LISTEN -> TARGET (host:port each)")
-    fw.add_argument("listen")
-    fw.add_argument("target")
-    fw.add_argument("--owner-pid", metavar="PID[:STARTTIME]",
-                    help="when this process is gone, kill every process of this namespace and exit")
+    reap = sub.add_parser("reap", help="when the owner is gone, kill every process of this namespace and exit")
+    reap.add_argument("--owner-pid", metavar="PID[:STARTTIME]", required=True)
     args = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    return forward(args.listen, args.target, args.owner_pid)
+    _watch(args.owner_pid)
+    return 0
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import pytest
 
 from netlab import NAMES, PORTS, NetLab, file_fingerprint, lab_problem, netlab, tree_state
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(400)
 
 KUBECERT_STATE = "etc/kubernetes/.kubecert"  # backups, journal, audit log: kubecert's own records
 PROGRESS = re.compile(r"^\[\s*([\d.]+)s\] (\S+)\s+(\S+)\s+(.*)$")
@@ -100,22 +100,25 @@ def test_rolling_renewal_over_ssh_with_zero_failed_requests(net: NetLab) -> None
     assert {n: served(net, n) for n in NAMES} == old
     state = net.dir / "rollout-state.json"
 
-    with net.load() as load:
+    with net.load() as load, net.api_load() as api:
         time.sleep(0.5)
-        before = load.ok
+        before, api_before = load.ok, api.ok
         start = time.monotonic()
-        r = cluster(net, "renew", "--yes", "--gate-timeout", "40", "--state", str(state), timeout=100)
+        r = cluster(net, "renew", "--yes", "--gate-timeout", "90", "--state", str(state), timeout=240)
         took = time.monotonic() - start
         time.sleep(0.5)
     rows = summary(r)
     print(f"rollout: exit {r.returncode} in {took:.1f}s; per node "
           + ", ".join(f"{n} {s} {sec:.1f}s" for n, (s, sec, _) in rows.items())
-          + f"; load {load.ok} ok ({load.ok - before} during the rollout), {load.failed} failed, "
-          f"{load.endpoint_errors} endpoint errors retried on another member")
+          + f"; {load.summary()} ({load.ok - before} during the rollout)"
+          + f"; {api.summary()} ({api.ok - api_before} during the rollout)")
     assert r.returncode == 0, out(r) + "\n" + net.describe()
     assert {n: s for n, (s, _, _) in rows.items()} == {n: "done" for n in NAMES}, out(r)
     assert load.failed == 0, (load.failed, load.errors)
     assert load.ok - before > 20, (load.ok, before)
+    # the real kube-apiservers, through every host's address: zero failed (retries are allowed)
+    assert api.failed == 0, (api.failed, api.errors)
+    assert api.ok - api_before > 20, (api.ok, api_before)
     # one node at a time, in inventory order: every restart of master-1 before any of master-2, ...
     restarted = [node for _, node, _, msg in progress(r) if msg.startswith("restarting via")]
     assert restarted == sorted(restarted) and set(restarted) == set(NAMES), restarted
@@ -133,7 +136,7 @@ def test_rolling_renewal_over_ssh_with_zero_failed_requests(net: NetLab) -> None
         calls = net[n].node.calls()
         assert [c for c in calls if c[0] == "crictl" and "stop" in c], (n, calls)
         assert [c for c in calls if c[0] == "systemctl" and "restart" in c and "kubelet" in " ".join(c)], (n, calls)
-    net.wait_ready(30)  # every component (and the restarted fake kubelet) healthy on each host
+    net.wait_ready(90)  # every component (and the restarted fake kubelet) healthy on each host
     after = cluster(net, "check", "-o", "json")
     assert after.returncode == 0, out(after)  # every leaf valid for a year, no finding anywhere
 
@@ -149,8 +152,9 @@ def test_stops_at_a_node_whose_etcd_never_comes_back_and_resumes(net: NetLab) ->
 
     with net.load() as load:
         start = time.monotonic()
-        r = cluster(net, "renew", "--yes", "--gate-timeout", "8", "--restart-timeout", "15", "--state", str(state),
-                    timeout=100)
+        # etcd's gate short (it never comes back on master-2); the real apiserver's as by default
+        r = cluster(net, "renew", "--yes", "--gate-timeout", "90", "--gate-timeout", "etcd=10", "--restart-timeout",
+                    "30", "--state", str(state), timeout=300)
         took = time.monotonic() - start
     rows = summary(r)
     print(f"failing rollout: exit {r.returncode} in {took:.1f}s; "
@@ -178,10 +182,15 @@ def test_stops_at_a_node_whose_etcd_never_comes_back_and_resumes(net: NetLab) ->
 
     # the operator fixes master-2; the re-run resumes where it stopped: master-1 is skipped
     net["master-2"].node.fail_start("etcd", on=False)
-    net.wait_ready(60, hosts=["master-2"])
+    net.wait_ready(90, hosts=["master-2"])
+    # the real kube-apiserver reloads its serving cert from disk by itself (dynamic serving certs,
+    # checked about once a minute): it may still serve the renewed file it saw before the rollback
+    deadline = time.monotonic() + 120
+    while served(net, "master-2") != old["master-2"] and time.monotonic() < deadline:
+        time.sleep(1)
     assert served(net, "master-2") == old["master-2"], "master-2 runs on its old certificates again"
     start = time.monotonic()
-    again = cluster(net, "renew", "--yes", "--gate-timeout", "40", "--state", str(state), timeout=80)
+    again = cluster(net, "renew", "--yes", "--gate-timeout", "90", "--state", str(state), timeout=300)
     rows = summary(again)
     print(f"resumed rollout: exit {again.returncode} in {time.monotonic() - start:.1f}s; "
           + ", ".join(f"{n} {s} {sec:.1f}s" for n, (s, sec, _) in rows.items()))
