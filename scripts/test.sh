@@ -7,4 +7,4 @@ python3 -m ruff check src tests bench
 python3 -m mypy
 # Tests that need the real control plane fail here instead of skipping (tests/kubebin.py).
 export KUBECERT_REQUIRE_KUBE=1
-python3 -m pytest -q -rs
+python3 -m pytest -q -rs --durations=15

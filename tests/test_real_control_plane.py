@@ -58,12 +58,13 @@ def _ok(r: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]
 
 def problems(node: FakeNode, work: Path, node_name: str) -> List[str]:
     """Everything wrong with the running control plane of ``node``, as an operator would check it
-    (empty: it serves). Each kubeconfig of the node present is tried; a node without admin.conf
-    gets no CSR check."""
+    (empty: it serves). An apiserver that is not ready is the whole answer; else each kubeconfig of
+    the node present is tried; a node without admin.conf gets no CSR check."""
     out: List[str] = []
     status, body = node.probe("kube-apiserver", "/readyz")
     if (status, body.strip()) != (200, "ok"):
-        out.append(f"/readyz: {status} {body.strip()[-300:]}")
+        # nothing more to ask a control plane that is not ready (each question would only time out)
+        return [f"/readyz: {status} {body.strip()[-300:]}"]
     root = node.root
     for conf in KUBECONFIGS:
         if not (root / "etc/kubernetes" / conf).is_file():

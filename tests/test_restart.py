@@ -57,6 +57,11 @@ def expiring(tmp_path: Path) -> Iterator[Tuple[Path, NodePorts, FakeNode]]:
         yield root, ports, node
 
 
+def _pods(node: FakeNode) -> Dict[str, str]:
+    """Component -> pod id of its newest container (running or not)."""
+    return {c: next(x.pod_id for x in node.containers() if x.name == c) for c in STATIC}
+
+
 def _ids(node: FakeNode) -> Dict[str, str]:
     return {c: node.container_id(c) or "" for c in STATIC}
 
@@ -89,13 +94,19 @@ def test_renew_restart_verify_success(expiring: Tuple[Path, NodePorts, FakeNode]
 def test_manifest_strategy_bounces_static_pods(expiring: Tuple[Path, NodePorts, FakeNode]) -> None:
     root, ports, node = expiring
     before = _ids(node)
+    before_pods = _pods(node)
     r = kubecert(node, "renew", "apiserver", "--root", str(root), "--restart", "--yes", "--strategy", "manifest",
                  "--gate-timeout", "30")
     assert r.returncode == 0, r.stdout + r.stderr
     after = _ids(node)
     assert after["kube-apiserver"] != before["kube-apiserver"]
-    assert {c: after[c] for c in STATIC if c != "kube-apiserver"} == \
-        {c: before[c] for c in STATIC if c != "kube-apiserver"}, "only the apiserver was renewed"
+    # only the apiserver's pod was bounced (the manifest moved out and back: a new pod); the real
+    # controller-manager and scheduler may restart their container in the same pod on their own
+    # when they lose the apiserver, as on a real node
+    pods = _pods(node)
+    assert pods["kube-apiserver"] != before_pods["kube-apiserver"]
+    assert {c: pods[c] for c in STATIC if c != "kube-apiserver"} == \
+        {c: before_pods[c] for c in STATIC if c != "kube-apiserver"}, "only the apiserver was renewed"
     assert not any(c[:2] == ["crictl", "stop"] for c in node.calls())
     assert (root / "etc/kubernetes/manifests/kube-apiserver.yaml").exists()
     assert node.served_fingerprint(ports.apiserver) == disk_fingerprint(root, "apiserver.crt")
