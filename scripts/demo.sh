@@ -2,7 +2,7 @@
 # The README's demo: a lab cluster whose certificates expire in 5 days -> check -> renew -> check.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-deps.sh >/dev/null
+bash scripts/install-deps.sh --no-kube >/dev/null
 LAB=$(mktemp -d /tmp/kubecert-demo.XXXXXX)
 NODE="$LAB/lab/master-1"
 run() { echo; echo "\$ $*"; "$@"; echo "(exit $?)"; }

@@ -4,7 +4,7 @@
 # openssh-server (real sshd in tests), iproute2. Python: kubecert itself with its test extras.
 # Then the real control plane (kube-apiserver, -controller-manager, -scheduler, kubeadm v1.20.2),
 # built from Debian's kubernetes source package by scripts/install-kube.sh (cached outside the
-# checkout; ~7 min the first time, nothing after).
+# checkout; ~7 min the first time, nothing after; `--no-kube` skips it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need_apt=()
@@ -22,4 +22,4 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 python3 -m pip install -q --disable-pip-version-check -e ".[test]"
-bash scripts/install-kube.sh
+[ "${1:-}" = "--no-kube" ] || bash scripts/install-kube.sh   # the demo needs no control plane
