@@ -37,16 +37,17 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 
 def bench_rollout() -> None:
-    from clusterlab import ApiLoad, EtcdLoad, kubeconfig_credentials, three_masters
+    from clusterlab import ApiLoad, EtcdLoad, three_masters
     from kubecert.cluster import RunState, cluster_renew, inventory_digest
     from kubecert.node.restart import Timeouts
+    from realworld import kubeconfig_client_pem
 
     with tempfile.TemporaryDirectory() as tmp, three_masters(Path(tmp)) as cl:
         m1 = cl.lab / "master-1/etc/kubernetes/pki"
         urls = [f"https://127.0.0.1:{cl.ports[h.name].etcd_client}" for h in cl.hosts]
         state = RunState(str(Path(tmp) / "state.json"), inventory_digest(cl.hosts))
         api_urls = [f"https://127.0.0.1:{cl.ports[h.name].apiserver}" for h in cl.hosts]
-        cert, key = kubeconfig_credentials(cl.lab / "master-1/etc/kubernetes/admin.conf")
+        cert, key = kubeconfig_client_pem(cl.lab / "master-1/etc/kubernetes/admin.conf")
         start = time.monotonic()
         with EtcdLoad(urls, (m1 / "etcd/ca.crt").read_bytes(), (m1 / "apiserver-etcd-client.crt").read_bytes(),
                       (m1 / "apiserver-etcd-client.key").read_bytes()) as load, \

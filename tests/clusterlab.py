@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import yaml
 
@@ -98,12 +98,6 @@ def three_masters(tmp_path: Path, *lab_args: str, expires_in: Optional[str] = "1
         for n in names:
             cl.nodes[n].wait_ready(120)
         yield cl
-
-
-def kubeconfig_credentials(path: Path) -> Tuple[bytes, bytes]:
-    """(client cert PEM, key PEM) embedded in a kubeconfig (kubeadm's admin.conf and friends)."""
-    user = yaml.safe_load(path.read_text())["users"][0]["user"]
-    return base64.b64decode(user["client-certificate-data"]), base64.b64decode(user["client-key-data"])
 
 
 class Load:

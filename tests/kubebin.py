@@ -29,9 +29,7 @@ V120_EXTRA: Dict[str, List[str]] = {
     "kube-controller-manager": ["--port=0"],
     "kube-scheduler": ["--port=0"],
 }
-# Flags of kubeadm v1.28 manifests that v1.20 does not know: dropped (none today; kept as the one
-# place to say so).
-V120_DROP: Dict[str, Sequence[str]] = {}
+# kubeadm v1.28's manifests carry no flag v1.20 lacks, so none is dropped.
 
 
 def bin_dir() -> Path:
@@ -73,8 +71,6 @@ def binary(name: str) -> str:
 
 def v120_argv(name: str, flags: Sequence[str], directory: Optional[Path] = None) -> List[str]:
     """argv of the real ``name`` for a manifest's ``flags`` (everything after the command)."""
-    drop = tuple(V120_DROP.get(name, ()))
-    kept = [f for f in flags if not (drop and f.split("=", 1)[0] in drop)]
-    have = {f.split("=", 1)[0] for f in kept}
+    have = {f.split("=", 1)[0] for f in flags}
     extra = [f for f in V120_EXTRA.get(name, []) if f.split("=", 1)[0] not in have]
-    return [str((directory or bin_dir()) / name), *kept, *extra]
+    return [str((directory or bin_dir()) / name), *flags, *extra]

@@ -60,10 +60,11 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import yaml
 
 import kubebin
-from clusterlab import ApiLoad, EtcdLoad, Load, kubeconfig_credentials
+from clusterlab import ApiLoad, EtcdLoad, Load
 from fakenode import state as S
 from fakenode import units as U
 from fakenode.fixture import BIN_DIR, KUBELET_PY, TOOLS, FakeNode, NodePorts, runtime_socket, set_flag
+from realworld import kubeconfig_client_pem
 from sshd import PRIVSEP_DIR, SSHD, keypair
 
 T = TypeVar("T")
@@ -459,7 +460,7 @@ class NetLab:
         (credentials: master-1's admin.conf as it is now; still valid after the renewal)."""
         m1 = self.hosts[NAMES[0]]
         urls = [f"https://{h.address}:{PORTS.apiserver}" for h in self.hosts.values()]
-        cert, key = kubeconfig_credentials(m1.root / "etc/kubernetes/admin.conf")
+        cert, key = kubeconfig_client_pem(m1.root / "etc/kubernetes/admin.conf")
         return NetnsApiLoad(self.op, urls, m1.pki("ca.crt").read_bytes(), cert, key, interval)
 
     # ----------------------------------------------------------------------------------- waiting

@@ -13,9 +13,10 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from clusterlab import ApiLoad, EtcdLoad, kubeconfig_credentials, three_masters
+from clusterlab import ApiLoad, EtcdLoad, three_masters
 from kubecert.cluster import RunState, cluster_check, cluster_renew, inventory_digest
 from kubecert.node.restart import Timeouts
+from realworld import kubeconfig_client_pem
 
 
 def _fp(path: Path) -> str:
@@ -35,7 +36,7 @@ def test_rolling_renewal_with_zero_failed_requests(tmp_path: Path) -> None:
         steps: list[tuple[str, str, str]] = []
         state = RunState(str(tmp_path / "state.json"), inventory_digest(cl.hosts))
         api_urls = [f"https://127.0.0.1:{cl.ports[h.name].apiserver}" for h in cl.hosts]
-        admin_cert, admin_key = kubeconfig_credentials(cl.lab / "master-1/etc/kubernetes/admin.conf")
+        admin_cert, admin_key = kubeconfig_client_pem(cl.lab / "master-1/etc/kubernetes/admin.conf")
         with EtcdLoad(urls, (m1 / "etcd/ca.crt").read_bytes(), (m1 / "apiserver-etcd-client.crt").read_bytes(),
                       (m1 / "apiserver-etcd-client.key").read_bytes()) as load, \
                 ApiLoad(api_urls, (m1 / "ca.crt").read_bytes(), admin_cert, admin_key) as api:
