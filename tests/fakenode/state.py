@@ -192,9 +192,28 @@ def alive(pid: Optional[int], starttime: Optional[int] = None) -> bool:
     if not pid or pid <= 0:
         return False
     st = proc_stat(pid)
-    if st is None or st[0] in ("Z", "X"):
+    if st is None or (st[0] in ("Z", "X") and not _threads_running(pid)):
         return False
     return not starttime or st[1] == starttime
+
+
+def _threads_running(pid: int) -> bool:
+    """Whether a thread of ``pid`` still runs. A multi-threaded process (the Go binaries) that was
+    killed shows its leader as a zombie while its other threads are still exiting and still hold
+    its sockets; it is gone only when every thread is."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as fh:
+                state = fh.read().rsplit(b")", 1)[1].split()[0].decode()
+        except (OSError, IndexError):
+            continue
+        if state not in ("Z", "X"):
+            return True
+    return False
 
 
 def signal_group(pid: Optional[int], sig: int, starttime: Optional[int] = None) -> bool:
