@@ -5,14 +5,21 @@
    node under a fake kubelet) while load generators write and read through the etcd client URLs and
    through every apiserver: total time, time per node, failed and retried requests (goal: 0 failed).
 2. check: `kubecert cluster check` over N simulated hosts — N real sshd on distinct loopback ports,
-   each serving a copy of a lab node — for N = 10, 50, 100 (goal: 100 nodes in <= 5 s, 500 in <= 20 s).
+   each serving a copy of a lab node: a realistic mix of 3 control planes (copies of a stacked lab's
+   masters) and N - 3 workers (copies of its worker roots, inventory role worker) — for N = 10, 50,
+   100, 500 (goal: 100 nodes in <= 5 s, 500 in <= 20 s, linear in N / --workers).
    Besides the total: the client's CPU and the rest of the machine's (sshd, the node-side commands,
    anything else running), and the wall time of each phase per host — connect+auth, the node's files
    (the prefetch command and its parse, or with --plain-sftp the SFTP session), scan+kubeconfigs,
    close; --profile adds cProfile tables of the worker threads and of the SSH event loop thread.
 
-Usage: python bench/bench_cluster.py [rollout] [check] [--sizes 10,50,100] [--rounds N] [--workers N]
-                                     [--plain-sftp] [--shell-rc] [--profile]
+3. recover: `kubecert cluster recover` of the expired network-namespace lab (tests/netlab.py: 3 control
+   planes with the real control plane and ONE 3-member etcd, 2 workers running tests/fakenode/node_agent.py,
+   every host with its own sshd), run from the operator's namespace as an operator would: total time and
+   time per phase (preflight, renew, etcd quorum, control plane ready, kubelets ready); goal <= 90 s.
+
+Usage: python bench/bench_cluster.py [rollout] [check] [recover] [--sizes 10,50,100,500] [--rounds N]
+                                     [--workers N] [--plain-sftp] [--shell-rc] [--profile]
 """
 
 from __future__ import annotations
@@ -158,22 +165,26 @@ def bench_check(sizes: List[int], *, workers: int, plain: bool, shell_rc: bool, 
           f"{', login shell reads ~/.bashrc' if shell_rc else ''}; best of {rounds}")
     with tempfile.TemporaryDirectory() as tmp:
         lab = Path(tmp) / "lab"
-        create(str(lab), LabSpec(nodes=1, key_type="ecdsa"), now=now)
+        # every worker its own identity (kubelet client and serving certs), as in a real cluster
+        create(str(lab), LabSpec(nodes=CONTROL_PLANES, key_type="ecdsa",
+                                 workers=max(0, max(sizes) - CONTROL_PLANES)), now=now)
+        print(f"{CONTROL_PLANES} control planes + N - {CONTROL_PLANES} workers")
         print(f"{'hosts':>6} {'sshd start':>11} {'cluster check':>14} {'per host':>9} {'client CPU':>11} "
               f"{'rest of machine CPU (sshd, node commands, anything else running)':>10}")
         for n in sizes:
+            roles = _mix(n)
             roots = []
-            for i in range(n):
+            for i, (name, _role) in enumerate(roles):
                 root = Path(tmp) / f"n{n}-{i}"
-                shutil.copytree(lab / "master-1", root, symlinks=True)
+                shutil.copytree(lab / name, root, symlinks=True)
                 roots.append(root)
             t = time.monotonic()
             with start_sshds(n, Path(tmp) / f"sshd-{n}", shell_rc=shell_rc) as servers:
                 started = time.monotonic() - t
-                hosts = [Host(f"node-{i}", "127.0.0.1", "control-plane", port=s.port, key=str(s.client_key),
+                hosts = [Host(roles[i][0], "127.0.0.1", roles[i][1], port=s.port, key=str(s.client_key),
                               root=str(roots[i])) for i, s in enumerate(servers)]
                 known = str(servers[0].known_hosts)
-                best: Optional[Tuple[float, float, float, _Phases, List[cProfile.Profile], Any]] = None
+                best: Optional[Tuple[float, float, float, _Phases, List[cProfile.Profile], Any, Any]] = None
                 for _ in range(rounds):
                     phases = _Phases()
                     profiles: Optional[List[cProfile.Profile]] = [] if profile else None
@@ -194,12 +205,22 @@ def bench_check(sizes: List[int], *, workers: int, plain: bool, shell_rc: bool, 
                         time.sleep(0.1)
                     errors = [x.error for x in report.nodes if x.error]
                     assert not errors, errors[:3]
+                    profiles_seen = sorted({x.report.profile.name for x in report.nodes if x.report})
+                    assert profiles_seen == sorted({"stacked", "worker"} if n > CONTROL_PLANES else {"stacked"}), \
+                        profiles_seen
+                    assert not report.findings, report.findings[:3]
                     if best is None or took < best[0]:
-                        best = (took, cpu, busy, phases, profiles or [], loop_profile)
+                        best = (took, cpu, busy, phases, profiles or [], loop_profile, report)
             assert best is not None
-            took, cpu, busy, phases, profiles, loop_profile = best
+            took, cpu, busy, phases, profiles, loop_profile, report = best
             print(f"{n:>6} {started:>10.2f}s {took:>13.2f}s {took / n * 1000:>7.1f}ms {cpu:>10.2f}s "
                   f"{max(0.0, busy - cpu):>9.2f}s")
+            for role in ("control-plane", "worker"):
+                times = sorted(x.seconds for x in report.nodes if x.role == role)
+                if times:
+                    print(f"{'':>8}{role + ' nodes, time each (connect to close)':<44} "
+                          f"median {times[len(times) // 2] * 1000:6.0f} ms, max {times[-1] * 1000:6.0f} ms "
+                          f"({len(times)} nodes)")
             print(f"{'':>8}{'phase':<36} {'wall':>8} {'CPU of its thread':>18}  (ms per host)")
             for phase in sorted(phases.seconds):
                 print(f"{'':>8}{phase:<36} {phases.seconds[phase] / n * 1000:8.1f} {phases.cpu[phase] / n * 1000:18.1f}")
@@ -214,6 +235,15 @@ def bench_check(sizes: List[int], *, workers: int, plain: bool, shell_rc: bool, 
                 _print_profile("event loop thread (SSH, SFTP)", [loop_profile])
 
 
+CONTROL_PLANES = 3
+
+
+def _mix(n: int) -> List[Tuple[str, str]]:
+    """(name, role) of N hosts: the lab's control planes first, then workers (most of a big cluster)."""
+    cps = [(f"master-{i}", "control-plane") for i in range(1, min(n, CONTROL_PLANES) + 1)]
+    return cps + [(f"worker-{i}", "worker") for i in range(1, n - len(cps) + 1)]
+
+
 def _print_profile(title: str, profiles: List[cProfile.Profile], top: int = 12) -> None:
     out = io.StringIO()
     stats = pstats.Stats(profiles[0], stream=out)
@@ -226,10 +256,28 @@ def _print_profile(title: str, profiles: List[cProfile.Profile], top: int = 12) 
         print(f"{'':>10}{line[:150]}")
 
 
+def bench_recover(rounds: int) -> None:
+    import re
+
+    from netlab import netlab
+
+    print("cluster recover of the expired netns lab: 3 control planes (real etcd x3, real apiserver /")
+    print("controller-manager / scheduler v1.20.2) + 2 workers, each host its own sshd; over SSH")
+    for i in range(rounds):
+        with tempfile.TemporaryDirectory() as tmp, netlab(Path(tmp), workers=2, expired=True) as net:
+            r = net.kubecert("cluster", "recover", "-i", str(net.inventory), "--known-hosts", str(net.known_hosts),
+                             "--yes", "--gate-timeout", "120", timeout=600)
+            m = re.search(r"^time: (.*)$", r.stdout, re.M)
+            if r.returncode != 0 or not m:
+                print(r.stdout[-3000:], r.stderr[-2000:])
+                raise SystemExit(f"recover failed: exit {r.returncode}")
+            print(f"  round {i + 1}: {m.group(1)}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("what", nargs="*", default=["rollout", "check"])
-    ap.add_argument("--sizes", default="10,50,100")
+    ap.add_argument("--sizes", default="10,50,100,500")
     ap.add_argument("--workers", type=int, default=64, help="check: nodes at once")
     ap.add_argument("--rounds", type=int, default=1, help="check: runs per size, the fastest is shown")
     ap.add_argument("--plain-sftp", action="store_true", help="check: no prefetch, every file over SFTP (as before)")
@@ -241,6 +289,8 @@ def main() -> None:
     if "check" in args.what:
         bench_check([int(s) for s in args.sizes.split(",")], workers=args.workers, plain=args.plain_sftp,
                     shell_rc=args.shell_rc, profile=args.profile, rounds=args.rounds)
+    if "recover" in args.what:
+        bench_recover(args.rounds)
     subprocess.run(["true"])
 
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import datetime as dt
 import hashlib
 import http.client
 import json
@@ -63,11 +64,12 @@ import kubebin
 from clusterlab import ApiLoad, EtcdLoad, Load
 from fakenode import state as S
 from fakenode import units as U
-from fakenode.fixture import BIN_DIR, KUBELET_PY, TOOLS, FakeNode, NodePorts, runtime_socket, set_flag
+from fakenode.fixture import BIN_DIR, KUBELET_PY, TOOLS, FakeNode, NodePorts, etcd_command, runtime_socket, set_flag
 from realworld import kubeconfig_client_pem
 from sshd import PRIVSEP_DIR, SSHD, keypair
 
 T = TypeVar("T")
+NODE_AGENT_PY = KUBELET_PY.parent / "node_agent.py"
 
 IP = shutil.which("ip") or "/usr/sbin/ip"
 ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
@@ -77,6 +79,15 @@ PREFIX = 24
 BRIDGE = "kcbr0"
 NAMES = ("master-1", "master-2", "master-3")
 ADDRESSES = {"master-1": "198.51.100.11", "master-2": "198.51.100.12", "master-3": "198.51.100.13"}
+LB_NAME = "k8s-api.example.test"  # the lab's controlPlaneEndpoint (kubecert.lab.LB_NAME): no DNS here
+
+
+def worker_names(count: int) -> Tuple[str, ...]:
+    return tuple(f"worker-{i}" for i in range(1, count + 1))
+
+
+def worker_address(i: int) -> str:
+    return f"198.51.100.{19 + i}"  # as kubecert.lab writes them (198.51.100.20, .21, ...)
 PORTS = NodePorts(etcd_client=2379, etcd_peer=2380, etcd_metrics=2381, apiserver=6443, controller_manager=10257,
                   scheduler=10259, kubelet_healthz=10248)  # the lab's own (kubeadm's), one loopback per host
 SSH_PORT = 22
@@ -394,6 +405,7 @@ class NetHost:
     node: FakeNode  # state, containers, knobs, stop(); its probes use 127.0.0.1: run them via netns.call
     sshd: Sshd
     reaper: Optional[subprocess.Popen[bytes]] = None
+    role: str = "control-plane"  # or "worker": no static pods, its "kubelet" is tests/fakenode/node_agent.py
 
     def pki(self, rel: str) -> Path:
         return self.root / "etc/kubernetes/pki" / rel
@@ -475,6 +487,8 @@ class NetLab:
             left = max(1.0, deadline - time.monotonic())
             h.netns.call(h.node.wait_ready, left, timeout=left + 10)
         for n in names:
+            if self.hosts[n].role == "worker":
+                continue
             while True:
                 etcd, api = self.etcd_health(n), self.apiserver_ready(n)
                 if etcd_healthy(*etcd) and api == (200, "ok"):
@@ -484,10 +498,63 @@ class NetLab:
                                       f"etcd {etcd}, apiserver {api}")
                 time.sleep(0.1)
 
+    # ----------------------------------------------------------------------------------- time passes
+
+    def power_off(self) -> None:
+        """Every host "powered off" but for its sshd: kubelets, their pods and every unit stopped (etcd's
+        data dirs stay where they are)."""
+        for h in self.hosts.values():
+            h.node.stop()
+
+    def power_on(self, timeout: float = 90.0) -> None:
+        """Every host's kubelet unit started again; returns once every static pod was started (healthy
+        or not: a cluster whose certificates expired starts, and fails)."""
+        for h in self.hosts.values():
+            _start_units(h)
+        for h in self.masters:
+            h.netns.call(h.node.wait_started, timeout, timeout=timeout + 10)
+
+    def expire_certificates(self, valid_from: dt.datetime, valid_to: dt.datetime) -> None:
+        """Every leaf, kubeconfig client cert and kubelet cert on every host re-issued (same subjects,
+        SANs and keys) to be valid only from ``valid_from`` to ``valid_to``: what the cluster holds
+        after a year powered off. CAs untouched. Done with kubecert's own planner on the files (with
+        --force-validity and master-1's CA keys), kubecert's records then removed."""
+        from kubecert import renew as R
+        from kubecert import x509ops
+        from kubecert.store import LocalFS
+
+        pki = self.hosts[NAMES[0]].pki("")
+        signers = {}
+        for name, rel in (("ca", "ca"), ("front-proxy-ca", "front-proxy-ca"), ("etcd-ca", "etcd/ca")):
+            cert = x509ops.load_cert((pki / f"{rel}.crt").read_bytes(), rel)
+            signers[name] = (cert, x509ops.load_key((pki / f"{rel}.key").read_bytes(), rel))
+        days = max(1, (valid_to - valid_from).days)
+        for h in self.hosts.values():
+            fs = LocalFS(str(h.root))
+            p = R.plan(fs, ["all", "kubelet.conf", "kubelet-server"], now=valid_from + R.BACKDATE, days=days,
+                       key_mode="reuse", signers=signers, clock=valid_from + R.BACKDATE, force_validity=True)
+            R.apply(fs, p)
+            shutil.rmtree(h.root / "etc/kubernetes/.kubecert", ignore_errors=True)
+
+    @property
+    def masters(self) -> List[NetHost]:
+        return [h for h in self.hosts.values() if h.role != "worker"]
+
+    @property
+    def workers(self) -> List[NetHost]:
+        return [h for h in self.hosts.values() if h.role == "worker"]
+
+    def kubelet_healthz(self, host: str) -> Tuple[int, str]:
+        """The host's kubelet /healthz on its own loopback (127.0.0.1:10248), from inside its namespace."""
+        h = self.hosts[host]
+        return h.netns.call(h.node.probe, "kubelet", timeout=15)
+
     def describe(self) -> str:
         out = []
         for h in self.hosts.values():
             out.append(f"== {h.name} ({h.netns.name}, {h.address})\n{h.node.describe()}")
+            if h.role == "worker":
+                out.append(f"--- node agent ---\n{_tail(h.node.state / 'units/kubelet.log')}")
             out.append(f"--- sshd log ---\n{h.sshd.log_text()[-1500:]}")
         return "\n".join(out)
 
@@ -513,6 +580,17 @@ class NetnsApiLoad(_InNetns, ApiLoad):
     pass
 
 
+def _start_units(h: NetHost) -> None:
+    """What a host runs at boot: etcd (when it is a unit), then its kubelet."""
+    if (U.units_dir(h.node.state) / "etcd.json").exists():
+        U.start(h.node.state, "etcd")
+    U.start(h.node.state, "kubelet")
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.is_file() else ""
+
+
 def _prepare_tree(lab: Path) -> None:
     """The only edits the lab tree needs to run as ONE cluster on the namespaces' network."""
     members = ",".join(f"{n}=https://{ADDRESSES[n]}:{PORTS.etcd_peer}" for n in NAMES)
@@ -535,8 +613,18 @@ def _prepare_tree(lab: Path) -> None:
 
 
 @contextlib.contextmanager
-def netlab(tmp_path: Path, *, expires_in: str = "10m", ready_timeout: float = 90.0) -> Iterator[NetLab]:
-    """Build and run the namespaced lab under ``tmp_path``; tear everything down on exit."""
+def netlab(tmp_path: Path, *, expires_in: str = "10m", expired: bool = False, workers: int = 0,
+           ready_timeout: float = 90.0, lab_now: Optional[dt.datetime] = None,
+           etcd_units: bool = False) -> Iterator[NetLab]:
+    """Build and run the namespaced lab under ``tmp_path``; tear everything down on exit.
+
+    ``workers``: that many worker hosts too (kc-w<i>), each running tests/fakenode/node_agent.py as
+    its kubelet unit; the masters' fake kubelets then register their Nodes too (``--register-node``),
+    and their healthz says whether that works. ``expired``: every leaf expired (``lab create --expired``): the lab is started
+    but, as a cluster whose certificates expired, never becomes ready; it returns once every
+    component was started. ``lab_now``: the lab's ``--now`` (when the cluster was "initialised";
+    ``expires_in`` counts from it). ``etcd_units``: the seed's topology — etcd runs as each master's
+    systemd unit ``etcd`` (no etcd static pod) and ``etcd/ca.key`` is kept on master-1 only."""
     kube_bin = kubebin.require()
     t0 = time.monotonic()
     timings: Dict[str, float] = {}
@@ -545,8 +633,10 @@ def netlab(tmp_path: Path, *, expires_in: str = "10m", ready_timeout: float = 90
         raise NetlabError(f"cannot build the namespaced lab: {why}")
     tmp_path.mkdir(parents=True, exist_ok=True)
     lab = tmp_path / "lab"
+    validity = ["--expired"] if expired else ["--expires-in", expires_in]
     r = _sh([sys.executable, "-m", "kubecert", "lab", "create", str(lab), "--nodes", "3", "--key-type", "ecdsa",
-             "--expires-in", expires_in], timeout=60)
+             "--workers", str(workers), *validity,
+             *(["--now", lab_now.strftime("%Y-%m-%dT%H:%M:%SZ")] if lab_now else [])], timeout=60)
     if r.returncode != 0:
         raise NetlabError(f"kubecert lab create failed ({r.returncode}): {r.stderr.strip()}")
     _prepare_tree(lab)
@@ -554,6 +644,9 @@ def netlab(tmp_path: Path, *, expires_in: str = "10m", ready_timeout: float = 90
     run_id = secrets.token_hex(3)
     op = Netns(f"kc-op-{run_id}")
     host_ns = {n: Netns(f"kc-m{i}-{run_id}") for i, n in enumerate(NAMES, 1)}
+    wnames = worker_names(workers)
+    host_ns.update({n: Netns(f"kc-w{i}-{run_id}") for i, n in enumerate(wnames, 1)})
+    address = {**ADDRESSES, **{n: worker_address(i) for i, n in enumerate(wnames, 1)}}
     owner = f"{os.getpid()}:{S.start_time(os.getpid())}"
     with contextlib.ExitStack() as stack:
         # namespaces: deleted last (callbacks run in reverse), after every process is stopped
@@ -565,13 +658,13 @@ def netlab(tmp_path: Path, *, expires_in: str = "10m", ready_timeout: float = 90
         _must([IP, "-n", op.name, "addr", "add", f"{OP_ADDRESS}/{PREFIX}", "dev", BRIDGE])
         _must([IP, "-n", op.name, "link", "set", BRIDGE, "up"])
         for i, (n, ns) in enumerate(host_ns.items(), 1):
-            port = f"veth-m{i}"
+            port = f"veth-{i}"
             # both ends are created directly inside their namespaces: nothing appears in the root one
             _must([IP, "link", "add", "eth0", "netns", ns.name, "type", "veth", "peer", "name", port, "netns", op.name])
             _must([IP, "-n", op.name, "link", "set", port, "master", BRIDGE])
             _must([IP, "-n", op.name, "link", "set", port, "up"])
             _must([IP, "-n", ns.name, "link", "set", "lo", "up"])
-            _must([IP, "-n", ns.name, "addr", "add", f"{ADDRESSES[n]}/{PREFIX}", "dev", "eth0"])
+            _must([IP, "-n", ns.name, "addr", "add", f"{address[n]}/{PREFIX}", "dev", "eth0"])
             _must([IP, "-n", ns.name, "link", "set", "eth0", "up"])
         timings["network"] = time.monotonic() - t0 - timings["lab create"]
 
@@ -592,19 +685,36 @@ def netlab(tmp_path: Path, *, expires_in: str = "10m", ready_timeout: float = 90
             env = S.clean_env(**{S.STATE_ENV: str(state)})
             env["PATH"] = f"{bin_dir}{os.pathsep}/usr/bin:/bin"
             node = FakeNode(root, state, PORTS, env, bin_dir)
-            U.define(state, "kubelet", [IP, "netns", "exec", ns.name, sys.executable, str(KUBELET_PY), "--root",
-                                        str(root), "--state", str(state), "--owner-pid", owner,
-                                        "--kube-bin", str(kube_bin)],
-                     {"PYTHONUNBUFFERED": "1"}, kill_signal="SIGUSR1",
-                     description=f"fake kubelet of {n} in {ns.name} (tests/netlab.py)")
+            role = "worker" if n in wnames else "control-plane"
+            if role == "worker":
+                resolve = f"{LB_NAME}=" + ",".join(ADDRESSES[m] for m in NAMES)
+                U.define(state, "kubelet", [IP, "netns", "exec", ns.name, sys.executable, str(NODE_AGENT_PY),
+                                            "--root", str(root), "--resolve", resolve, "--owner-pid", owner],
+                         {"PYTHONUNBUFFERED": "1"},
+                         description=f"node agent (the kubelet's credentials) of {n} in {ns.name} (tests/netlab.py)")
+            else:
+                register = ["--register-node", f"{LB_NAME}=" + ",".join(ADDRESSES[m] for m in NAMES)] if workers else []
+                U.define(state, "kubelet", [IP, "netns", "exec", ns.name, sys.executable, str(KUBELET_PY), "--root",
+                                            str(root), "--state", str(state), "--owner-pid", owner,
+                                            "--kube-bin", str(kube_bin), *register],
+                         {"PYTHONUNBUFFERED": "1"}, kill_signal="SIGUSR1",
+                         description=f"fake kubelet of {n} in {ns.name} (tests/netlab.py)")
             node.install_unit_file("kubelet")
+            if etcd_units and role != "worker":
+                manifest = root / "etc/kubernetes/manifests/etcd.yaml"
+                node.define_unit("etcd", [IP, "netns", "exec", ns.name, *etcd_command(root, state, manifest)],
+                                 {"ETCD_LOGGER": "zap"}, description=f"etcd of {n} in {ns.name} (tests/netlab.py)")
+                node.install_unit_file("etcd")
+                shutil.move(str(manifest), str(state / "etcd.yaml.was-a-static-pod"))
+                if n != NAMES[0]:
+                    (root / "etc/kubernetes/pki/etcd/ca.key").unlink()
             sshd_dir = ssh_dir / n
             sshd_dir.mkdir()
-            sshd = Sshd(ns, ADDRESSES[n], sshd_dir, authorized,
+            sshd = Sshd(ns, address[n], sshd_dir, authorized,
                         {"PATH": f"{bin_dir}:/usr/bin:/bin", S.STATE_ENV: str(state)})
             sshd.write_config()
             sshd.new_host_key()
-            hosts[n] = NetHost(n, ADDRESSES[n], ns, root, node, sshd)
+            hosts[n] = NetHost(n, address[n], ns, root, node, sshd, role=role)
 
         for h in hosts.values():
             stack.callback(h.sshd.stop)
@@ -622,17 +732,24 @@ def netlab(tmp_path: Path, *, expires_in: str = "10m", ready_timeout: float = 90
         inventory = tmp_path / "inventory.yaml"
         inventory.write_text(yaml.safe_dump({
             "kind": "KubecertInventory",
-            "hosts": [{"name": h.name, "address": h.address, "role": "control-plane", "user": "root",
+            "hosts": [{"name": h.name, "address": h.address, "role": h.role, "user": "root",
                        "port": SSH_PORT, "key": str(client_key), "sudo": False, "root": str(h.root)}
                       for h in hosts.values()]}, sort_keys=False))
 
         t1 = time.monotonic()
         for h in hosts.values():
             stack.callback(h.node.stop)
-            U.start(h.node.state, "kubelet")
+            _start_units(h)
         net = NetLab(tmp_path, lab, op, hosts, client_key, known_hosts, inventory, timings)
         try:
-            net.wait_ready(ready_timeout)
+            if expired:  # started, never ready: every component runs (and fails) as on a dead cluster
+                for h in net.masters:
+                    h.netns.call(h.node.wait_started, ready_timeout, timeout=ready_timeout + 10)
+                for h in net.workers:
+                    if h.node.unit_pid("kubelet") is None:
+                        raise NetlabError(f"the node agent of {h.name} did not start")
+            else:
+                net.wait_ready(ready_timeout)
         except (NetlabError, S.FakeNodeError) as exc:
             raise NetlabError(f"{exc}\n{net.describe()}") from None
         timings["cluster ready"] = time.monotonic() - t1

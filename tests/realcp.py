@@ -26,7 +26,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 from cryptography import x509
@@ -50,9 +50,13 @@ def in_root(root: Path, path: str, hops: int = 16) -> Path:
     raise OSError(f"{path}: too many symlinks")
 
 
-def local_kubeconfig(root: Path, name: str, dest_dir: Path) -> Path:
-    """``root/etc/kubernetes/<name>`` with the file paths it names moved into ``root``."""
+def local_kubeconfig(root: Path, name: str, dest_dir: Path, server: Optional[str] = None) -> Path:
+    """``root/etc/kubernetes/<name>`` with the file paths it names moved into ``root`` (and its
+    ``server`` replaced, when given)."""
     doc = yaml.safe_load((root / "etc/kubernetes" / name).read_text())
+    if server:
+        for entry in doc.get("clusters") or []:
+            entry.setdefault("cluster", {})["server"] = server
     for entry in doc.get("users") or []:
         user = entry.get("user") or {}
         for key in ("client-certificate", "client-key"):
@@ -69,11 +73,12 @@ def local_kubeconfig(root: Path, name: str, dest_dir: Path) -> Path:
     return out
 
 
-def kubectl(kubeconfig: Path, *args: str, stdin: Optional[str] = None,
-            timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+def kubectl(kubeconfig: Path, *args: str, stdin: Optional[str] = None, timeout: float = 30.0,
+            prefix: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+    """kubectl v1.32 with ``kubeconfig``; ``prefix`` runs it inside something (``ip netns exec NS``)."""
     env = {k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY") and k != "KUBECONFIG"}
     env["HOME"] = str(kubeconfig.parent)  # kubectl's discovery cache lands beside the test's copy
-    return subprocess.run([KUBECTL, "--kubeconfig", str(kubeconfig), "--request-timeout=10s", *args],
+    return subprocess.run([*prefix, KUBECTL, "--kubeconfig", str(kubeconfig), "--request-timeout=10s", *args],
                           input=stdin, capture_output=True, text=True, timeout=timeout, env=env, check=False)
 
 
@@ -119,10 +124,10 @@ class Seen:
 _FORBIDDEN_USER = re.compile(r'User "([^"]+)" cannot')
 
 
-def whoami(kubeconfig: Path) -> Seen:
+def whoami(kubeconfig: Path, prefix: Sequence[str] = ()) -> Seen:
     """The user the apiserver sees for ``kubeconfig`` (see the module docstring)."""
     name = f"kubecert-whoami-{secrets.token_hex(4)}"
-    r = kubectl(kubeconfig, "create", "--validate=false", "-o", "json", "-f", "-",
+    r = kubectl(kubeconfig, "create", "--validate=false", "-o", "json", "-f", "-", prefix=prefix,
                 stdin=_csr_object(name, _csr_pem("kubecert-whoami", []), "kubernetes.io/kube-apiserver-client"))
     text = (r.stdout + r.stderr).strip()
     if r.returncode == 0:

@@ -58,7 +58,7 @@ from kubecert.facts import gather
 from kubecert.lab import LabSpec
 from kubecert.lab import create as create_lab
 from kubecert.node import endpoints, runtime
-from kubecert.remote.hosts import MAX_CLUSTER_HOSTS, load_inventory
+from kubecert.remote.hosts import MAX_CLUSTER_HOSTS, MAX_WORKER_HOSTS, load_inventory
 from kubecert.store import MAX_READ, LocalFS
 
 pytestmark = pytest.mark.timeout(120)  # a wedge fails its test in two minutes, not the suite's ten
@@ -426,7 +426,9 @@ def test_inventory_parser_returns_hosts_or_one_error(lab: Lab, data: st.DataObje
         except ConfigError as exc:
             assert str(exc).startswith(fh.name) and "\n" not in str(exc), str(exc)
             return
-    assert 0 < len(hosts) <= MAX_CLUSTER_HOSTS
+    assert len(hosts) > 0
+    assert sum(h.role != "worker" for h in hosts) <= MAX_CLUSTER_HOSTS
+    assert sum(h.role == "worker" for h in hosts) <= MAX_WORKER_HOSTS
     for h in hosts:
         assert h.root.startswith("/") and 1 <= h.port <= 65535 and h.address and h.user
 

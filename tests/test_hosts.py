@@ -10,7 +10,8 @@ from typing import List, Optional
 import pytest
 
 from kubecert.errors import ConfigError
-from kubecert.remote.hosts import CP_GROUPS, ETCD_GROUPS, Host, load_inventory
+from kubecert.remote import hosts as hosts_module
+from kubecert.remote.hosts import CP_GROUPS, ETCD_GROUPS, WORKER_GROUPS, Host, load_inventory
 
 
 def write(tmp_path: Path, name: str, text: str) -> str:
@@ -20,8 +21,9 @@ def write(tmp_path: Path, name: str, text: str) -> str:
 
 
 def load(tmp_path: Path, name: str, text: str, cp_group: Optional[str] = None,
-         etcd_group: Optional[str] = None) -> List[Host]:
-    return load_inventory(write(tmp_path, name, text), cp_group=cp_group, etcd_group=etcd_group)
+         etcd_group: Optional[str] = None, worker_group: Optional[str] = None) -> List[Host]:
+    return load_inventory(write(tmp_path, name, text), cp_group=cp_group, etcd_group=etcd_group,
+                          worker_group=worker_group)
 
 
 def by_name(hosts: List[Host]) -> dict[str, Host]:
@@ -29,10 +31,10 @@ def by_name(hosts: List[Host]) -> dict[str, Host]:
 
 
 def error(tmp_path: Path, name: str, text: str, cp_group: Optional[str] = None,
-          etcd_group: Optional[str] = None) -> str:
+          etcd_group: Optional[str] = None, worker_group: Optional[str] = None) -> str:
     path = write(tmp_path, name, text)
     with pytest.raises(ConfigError) as e:
-        load_inventory(path, cp_group=cp_group, etcd_group=etcd_group)
+        load_inventory(path, cp_group=cp_group, etcd_group=etcd_group, worker_group=worker_group)
     msg = str(e.value)
     assert msg.startswith(path + ":"), msg
     assert "\n" not in msg
@@ -42,6 +44,7 @@ def error(tmp_path: Path, name: str, text: str, cp_group: Optional[str] = None,
 def test_group_names() -> None:
     assert CP_GROUPS == ("kube_control_plane", "control_plane", "masters", "kube-master", "kube_master")
     assert ETCD_GROUPS == ("etcd",)
+    assert WORKER_GROUPS == ("kube_node", "workers", "kube-node")
 
 
 # ---------------------------------------------------------------------------------------- kubecert format
@@ -83,6 +86,54 @@ def test_kubecert_without_kind_or_defaults(tmp_path: Path) -> None:
           - {name: cp, address: cp.example, role: control-plane}
         """)
     assert hosts == [Host("cp", "cp.example", "control-plane")]
+
+
+def test_kubecert_workers_after_control_planes_in_file_order(tmp_path: Path) -> None:
+    hosts = load(tmp_path, "cluster.yaml", """
+        kind: KubecertInventory
+        defaults: {user: ops, sudo: true}
+        hosts:
+          - {name: w-b, address: 10.0.1.2, role: worker, port: 2202}
+          - {name: cp-1, address: 10.0.0.1, role: control-plane, etcd_member: true}
+          - {name: w-a, address: 10.0.1.1, role: worker, etcd_member: false, root: /mnt/w-a}
+          - {name: etcd-1, address: 10.0.2.1, role: etcd}
+          - {name: w-c, address: 10.0.1.3, role: worker, user: root, sudo: false}
+        """)
+    assert hosts == [
+        Host("etcd-1", "10.0.2.1", "etcd", user="ops", sudo=True, etcd_member=True),
+        Host("cp-1", "10.0.0.1", "control-plane", user="ops", sudo=True, etcd_member=True),
+        Host("w-b", "10.0.1.2", "worker", user="ops", port=2202, sudo=True),
+        Host("w-a", "10.0.1.1", "worker", user="ops", sudo=True, root="/mnt/w-a"),
+        Host("w-c", "10.0.1.3", "worker"),
+    ]
+
+
+def test_kubecert_worker_refuses_etcd_member(tmp_path: Path) -> None:
+    msg = error(tmp_path, "cluster.yaml", """
+        kind: KubecertInventory
+        hosts:
+          - {name: cp, address: 10.0.0.1, role: control-plane}
+          - name: w1
+            address: 10.0.1.1
+            role: worker
+            etcd_member: true
+        """)
+    assert msg.startswith(":7: host w1: a worker runs no etcd member"), msg
+    # any true spelling, in a flow mapping
+    msg = error(tmp_path, "cluster.yaml", """
+        kind: KubecertInventory
+        hosts:
+          - {name: cp, address: 10.0.0.1, role: control-plane, etcd_member: true}
+          - {name: w1, address: 10.0.1.1, role: worker, etcd_member: yes}
+        """)
+    assert msg.startswith(":4: host w1: a worker runs no etcd member"), msg
+
+
+def test_kubecert_missing_role_names_worker(tmp_path: Path) -> None:
+    msg = error(tmp_path, "c.yaml", "hosts:\n  - {name: a, address: 10.0.0.1}\n")
+    assert msg == ":2: host a: no role (control-plane, etcd or worker)"
+    msg = error(tmp_path, "c.yaml", "hosts:\n  - {name: a, address: 10.0.0.1, role: node}\n")
+    assert msg == ":2: host a: unknown role 'node' (control-plane, etcd or worker)"
 
 
 # ---------------------------------------------------------------------------------------- Ansible INI
@@ -137,9 +188,13 @@ calico_rr
 
 def test_kubespray_ini(tmp_path: Path) -> None:
     hosts = load(tmp_path, "inventory.ini", KUBESPRAY_INI)
+    # kube_node lists node2 and node3 too (schedulable masters): they stay control planes, listed once
     assert hosts == [
         Host(f"node{i}", f"95.54.0.1{i + 1}", "control-plane", user="ubuntu", sudo=True, etcd_member=True)
         for i in (1, 2, 3)
+    ] + [
+        Host(f"node{i}", f"95.54.0.1{i + 1}", "worker", user="ubuntu", sudo=True, etcd_member=False)
+        for i in (4, 5, 6)
     ]
 
 
@@ -174,8 +229,146 @@ def test_kubespray_ini_etcd_children(tmp_path: Path) -> None:
         ("node1", "95.54.0.12", "control-plane", True),
         ("node2", "95.54.0.13", "control-plane", True),
         ("node3", "95.54.0.14", "control-plane", True),
+        ("node4", "95.54.0.15", "worker", False),
+        ("node5", "95.54.0.16", "worker", False),
+        ("node6", "95.54.0.17", "worker", False),
     ]
     assert all(h.user == "root" and h.port == 22 and not h.sudo and h.jump is None for h in hosts)
+
+
+def test_ini_kube_node_with_masters_and_workers(tmp_path: Path) -> None:
+    # workers listed before the control planes in the file, and in kube_node in another order than [all]
+    hosts = load(tmp_path, "inventory.ini", """
+        [all]
+        wz ansible_host=10.0.1.26
+        m1 ansible_host=10.0.0.1
+        wa ansible_host=10.0.1.1 ansible_port=2201
+        m2 ansible_host=10.0.0.2
+        [kube_node]
+        m2
+        wa
+        m1
+        wz
+        wm ansible_host=10.0.1.13
+        [kube_control_plane]
+        m1
+        m2
+        [etcd:children]
+        kube_control_plane
+        [kube_node:vars]
+        ansible_user=node-admin
+        """)
+    assert [(h.name, h.address, h.role, h.etcd_member, h.port) for h in hosts] == [
+        ("m1", "10.0.0.1", "control-plane", True, 22),
+        ("m2", "10.0.0.2", "control-plane", True, 22),
+        ("wz", "10.0.1.26", "worker", False, 22),  # file order: the first line naming each host
+        ("wa", "10.0.1.1", "worker", False, 2201),
+        ("wm", "10.0.1.13", "worker", False, 22),
+    ]
+    assert len({h.name for h in hosts}) == len(hosts)  # masters in kube_node are listed once
+    assert {h.user for h in hosts} == {"node-admin"}  # every host here is in kube_node
+
+
+def test_yaml_kube_node_with_masters_and_workers(tmp_path: Path) -> None:
+    hosts = load(tmp_path, "hosts.yaml", """
+        all:
+          hosts:
+            worker-b: {ansible_host: 10.0.1.2}
+            master-1: {ansible_host: 10.0.0.1}
+            worker-a: {ansible_host: 10.0.1.1}
+            etcd-x: {ansible_host: 10.0.2.1}
+          children:
+            k8s_cluster:
+              vars: {ansible_become: true}
+              children:
+                kube_control_plane:
+                  hosts: {master-1: }
+                kube_node:
+                  hosts:
+                    worker-a:
+                    master-1:
+                    worker-b:
+            etcd:
+              hosts: {etcd-x: , master-1: }
+        """)
+    assert [(h.name, h.address, h.role, h.etcd_member, h.sudo) for h in hosts] == [
+        ("etcd-x", "10.0.2.1", "etcd", True, False),
+        ("master-1", "10.0.0.1", "control-plane", True, True),
+        ("worker-b", "10.0.1.2", "worker", False, True),
+        ("worker-a", "10.0.1.1", "worker", False, True),
+    ]
+
+
+def test_default_worker_groups_in_order(tmp_path: Path) -> None:
+    # the first of WORKER_GROUPS with hosts: an empty kube_node gives way to workers
+    text = "[kube_control_plane]\ncp\n[kube_node]\n[workers]\nw1\n[kube-node]\nw2\n"
+    assert [(h.name, h.role) for h in load(tmp_path, "hosts", text)] == [("cp", "control-plane"), ("w1", "worker")]
+    # an inventory without any worker group has no workers
+    assert [h.role for h in load(tmp_path, "hosts", "[masters]\nm\n[nodes]\nn\n")] == ["control-plane"]
+
+
+def test_worker_group_option(tmp_path: Path) -> None:
+    text = """
+        [kube_control_plane]
+        cp
+        [kube_node]
+        cp
+        kn
+        [compute]
+        c1
+        cp
+        c2
+        [gpu:children]
+        compute
+        [empty]
+        """
+    assert [(h.name, h.role) for h in load(tmp_path, "hosts", text, worker_group="compute")] == [
+        ("cp", "control-plane"), ("c1", "worker"), ("c2", "worker")]
+    assert [h.name for h in load(tmp_path, "hosts", text, worker_group="gpu")] == ["cp", "c1", "c2"]  # children
+    assert error(tmp_path, "hosts", text, worker_group="nodes") == (
+        ": no group 'nodes' (--worker-group); groups here: compute, empty, gpu, kube_control_plane, kube_node")
+    assert error(tmp_path, "hosts", text, worker_group="empty") == ": no hosts in group empty (--worker-group)"
+    # a kubecert inventory names each host's role
+    assert "--worker-group" in error(tmp_path, "c.yaml", KUBECERT, worker_group="kube_node")
+
+
+def test_worker_limit_is_separate_from_the_cluster_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hosts_module, "MAX_CLUSTER_HOSTS", 4)
+    monkeypatch.setattr(hosts_module, "MAX_WORKER_HOSTS", 6)
+    ini = "[kube_control_plane]\ncp[1:{cps}]\n[etcd]\ne1\n[kube_node]\ncp[1:{cps}]\nw[1:{workers}]\n"
+    kubecert = "hosts:\n" + "".join(f"  - {{name: cp{i}, address: a, role: control-plane}}\n" for i in range(3)) + \
+        "".join(f"  - {{name: w{i}, address: a, role: worker}}\n" for i in range(6))
+    hosts = load(tmp_path, "ok", ini.format(cps=3, workers=6))  # 10 hosts: more than either limit alone
+    assert [h.role for h in hosts].count("worker") == 6 and len(hosts) == 10
+    assert len(load(tmp_path, "ok.yaml", kubecert)) == 9
+    assert error(tmp_path, "w", ini.format(cps=3, workers=7)) == (
+        ": 7 workers, more than 6 in one cluster; a wrong group or range?")
+    assert error(tmp_path, "w.yaml", kubecert + "  - {name: w9, address: a, role: worker}\n") == (
+        ": 7 workers, more than 6 in one cluster; a wrong group or range?")
+    # control planes in kube_node count once, as control planes
+    assert error(tmp_path, "c", ini.format(cps=4, workers=1)) == (
+        ": 5 control-plane and etcd hosts, more than 4 hosts in one cluster; a wrong group or range?")
+
+
+def test_real_limits(tmp_path: Path) -> None:
+    assert hosts_module.MAX_CLUSTER_HOSTS < hosts_module.MAX_WORKER_HOSTS < hosts_module.MAX_INVENTORY_HOSTS
+    many = hosts_module.MAX_WORKER_HOSTS
+    hosts = load(tmp_path, "big", f"[kube_control_plane]\ncp[1:3]\n[kube_node]\nw[1:{many}]\n")
+    assert len(hosts) == many + 3 and hosts[-1] == Host(f"w{many}", f"w{many}", "worker")
+    assert error(tmp_path, "too-many", f"[kube_control_plane]\ncp\n[kube_node]\nw[0:{many}]\n").startswith(
+        f": {many + 1} workers, more than {many} in one cluster")
+
+
+def test_huge_groups_are_refused_quickly(tmp_path: Path) -> None:
+    import time
+
+    half = hosts_module.MAX_INVENTORY_HOSTS // 2 - 10
+    start = time.monotonic()
+    assert error(tmp_path, "cps", f"[kube_control_plane]\ncp[1:{half}]\n[etcd]\ne[1:{half}]\n").startswith(
+        f": {2 * half} control-plane and etcd hosts, more than")
+    assert error(tmp_path, "workers", f"[kube_control_plane]\ncp\n[kube_node]\nw[1:{2 * half}]\n").startswith(
+        f": {2 * half} workers, more than")
+    assert time.monotonic() - start < 10  # counted before any per-host work (was quadratic: 30 s and more)
 
 
 def test_ini_external_etcd_hosts_come_first(tmp_path: Path) -> None:
@@ -367,6 +560,8 @@ def test_kubespray_yaml(tmp_path: Path) -> None:
         Host("node3", "10.10.1.5", "etcd", user="centos", sudo=True, etcd_member=True),
         Host("node1", "10.10.1.3", "control-plane", user="centos", sudo=True, etcd_member=True),
         Host("node2", "10.10.1.4", "control-plane", user="centos", sudo=True, etcd_member=True),
+        # node3 is in kube_node and etcd: an etcd host (it is reached for its etcd certs either way)
+        Host("node4", "10.10.1.6", "worker", user="centos", sudo=True),
     ]
 
 
@@ -597,7 +792,7 @@ def test_not_an_inventory(tmp_path: Path, text: str, expected: str) -> None:
     ("{name: a, address: 10.0.0.1, role: etcd, port: ssh}", ":3: host a: bad port 'ssh'"),
     ("{name: a, address: 10.0.0.1, role: etcd, port: 70000}", ":3: host a: bad port 70000"),
     ("{name: a, address: 10.0.0.1, role: etcd, port: true}", ":3: host a: bad port True"),
-    ("{name: a, address: 10.0.0.1, role: master}", ":3: host a: unknown role 'master' (control-plane or etcd)"),
+    ("{name: a, address: 10.0.0.1, role: master}", ":3: host a: unknown role 'master' (control-plane, etcd or worker)"),
     ("{name: a, address: 10.0.0.1}", ":3: host a: no role"),
     ("{name: a, address: 10.0.0.1, role: etcd, root: mnt/a}", ":3: host a: root 'mnt/a' is not an absolute path"),
     ("{name: a, address: 10.0.0.1, role: etcd, sudo: maybe}", ":3: host a: sudo must be true or false"),
@@ -675,8 +870,10 @@ def test_named_groups(tmp_path: Path) -> None:
     assert error(tmp_path, "hosts", text, etcd_group="etcd-hosts").startswith(": no group 'etcd-hosts' (--etcd-group)")
     assert error(tmp_path, "hosts", text, etcd_group="etcd") == ": no hosts in group etcd (--etcd-group)"
     assert error(tmp_path, "hosts", text, cp_group="etcd") == ": no hosts in group etcd (--cp-group)"
-    assert [h.name for h in load(tmp_path, "hosts", text)] == ["cp"]  # an empty default etcd group is fine
-    assert [h.name for h in load(tmp_path, "hosts", text, cp_group="workers")] == ["w"]
+    # an empty default etcd group is fine; `workers` is a default worker group
+    assert [(h.name, h.role) for h in load(tmp_path, "hosts", text)] == [("cp", "control-plane"), ("w", "worker")]
+    # a host named as a control plane is never also a worker
+    assert [(h.name, h.role) for h in load(tmp_path, "hosts", text, cp_group="workers")] == [("w", "control-plane")]
 
 
 @pytest.mark.parametrize(("text", "expected"), [

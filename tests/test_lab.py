@@ -200,3 +200,139 @@ def test_lab_refuses_non_empty_dir(tmp_path: Path) -> None:
                        capture_output=True, text=True)
     assert r.returncode == 3 and r.stderr.startswith("kubecert: error:") and "Traceback" not in r.stderr
     assert (tmp_path / "x/file").read_text() == "keep me"
+
+
+# ---------------------------------------------------------------------------------------- workers
+
+NOW_TEXT = NOW.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _lab_cli(directory: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kubecert", "lab", "create", str(directory), "--key-type", "ecdsa",
+                           "--now", NOW_TEXT, *flags], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def worker_lab(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("lab") / "workers"
+    r = _lab_cli(d, "--nodes", "3", "--workers", "2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    listed = [line.split() for line in r.stdout.splitlines() if line.startswith("worker-")]
+    assert listed == [[f"worker-{i}", "worker", str(d / f"worker-{i}")] for i in (1, 2)]
+    return d
+
+
+def _kubeconfig(path: Path) -> Tuple[Dict[str, object], Dict[str, str]]:
+    doc = yaml.safe_load(path.read_text())
+    ctx = next(c["context"] for c in doc["contexts"] if c["name"] == doc["current-context"])
+    cluster = next(c["cluster"] for c in doc["clusters"] if c["name"] == ctx["cluster"])
+    user = next(u["user"] for u in doc["users"] if u["name"] == ctx["user"])
+    return cluster, user
+
+
+WORKERS = ["worker-1", "worker-2"]
+
+
+@pytest.mark.parametrize("worker", WORKERS)
+def test_worker_root_trusts_the_cluster_ca_and_has_no_ca_key(worker_lab: Path, worker: str) -> None:
+    master_pki = worker_lab / "master-1/etc/kubernetes/pki"
+    kube = worker_lab / worker / "etc/kubernetes"
+    assert (kube / "pki/ca.crt").read_bytes() == (master_pki / "ca.crt").read_bytes()
+    assert (kube / "pki/ca.crt").stat().st_mode & 0o777 == 0o644
+    # no CA key, no control-plane or etcd credential, no static pod: a joined node
+    assert not [p for p in (worker_lab / worker).rglob("*.key") if "kubelet" not in p.parts]
+    assert sorted(p.name for p in kube.iterdir() if p.is_file()) == ["kubelet.conf"]
+    assert not (kube / "manifests").exists() or not any((kube / "manifests").iterdir())
+    cluster, _ = _kubeconfig(kube / "kubelet.conf")
+    master_cluster, _ = _kubeconfig(worker_lab / "master-1/etc/kubernetes/kubelet.conf")
+    admin_cluster, _ = _kubeconfig(worker_lab / "master-1/etc/kubernetes/admin.conf")
+    # the cluster endpoint every control plane uses, not a master's own address
+    assert cluster["server"] == master_cluster["server"] == admin_cluster["server"]
+    assert base64.b64decode(str(cluster["certificate-authority-data"])) == (master_pki / "ca.crt").read_bytes()
+
+
+@pytest.mark.parametrize("worker", WORKERS)
+def test_worker_kubelet_uses_a_rotated_client_cert(worker_lab: Path, worker: str) -> None:
+    pki = worker_lab / worker / "var/lib/kubelet/pki"
+    link = pki / "kubelet-client-current.pem"
+    dated = f"/var/lib/kubelet/pki/kubelet-client-{NOW:%Y-%m-%d-%H-%M-%S}.pem"  # a fresh lab is created at --now
+    assert link.is_symlink() and os.readlink(link) == dated
+    target = worker_lab / worker / dated.lstrip("/")
+    assert target.is_file() and not target.is_symlink()
+    assert target.stat().st_mode & 0o777 == 0o600
+    _, user = _kubeconfig(worker_lab / worker / "etc/kubernetes/kubelet.conf")
+    current = "/var/lib/kubelet/pki/kubelet-client-current.pem"
+    assert user == {"client-certificate": current, "client-key": current}
+    pem = target.read_bytes()
+    cert = x509.load_pem_x509_certificate(pem)
+    ca = x509.load_pem_x509_certificate((worker_lab / "master-1/etc/kubernetes/pki/ca.crt").read_bytes())
+    cert.verify_directly_issued_by(ca)
+    assert cert.subject.rfc4514_string() == f"CN=system:node:{worker},O=system:nodes"
+    assert "clientAuth" in x509ops.ekus(cert)
+    key = x509ops.load_key(pem, str(target))
+    assert x509ops.key_matches_cert(cert, key)
+    # the same shape as a master's kubelet client cert (kubeadm's kubelet-finalize / TLS bootstrap)
+    master = _certs_of(worker_lab / "master-1")["kubelet.conf"]
+    assert _shape(cert, worker, "-")[:6] == _shape(master, "master-1", "-")[:6]
+    serving = x509.load_pem_x509_certificate((pki / "kubelet.crt").read_bytes())
+    assert list(x509ops.sans(serving)[0]) == [worker]
+
+
+def test_worker_certs_are_per_node(worker_lab: Path) -> None:
+    certs = [LocalFS(str(worker_lab / w)).read("/var/lib/kubelet/pki/kubelet-client-current.pem") for w in WORKERS]
+    serving = [(worker_lab / w / "var/lib/kubelet/pki/kubelet.crt").read_bytes() for w in WORKERS]
+    assert len(set(certs)) == len(set(serving)) == len(WORKERS)
+
+
+def test_worker_lab_inventory_lists_workers(worker_lab: Path) -> None:
+    from kubecert.remote.hosts import load_inventory
+
+    doc = yaml.safe_load((worker_lab / "inventory.yaml").read_text())
+    assert [(h["name"], h["role"]) for h in doc["hosts"]] == (
+        [(f"master-{i}", "control-plane") for i in (1, 2, 3)] + [(w, "worker") for w in WORKERS])
+    hosts = load_inventory(str(worker_lab / "inventory.yaml"))
+    assert [(h.name, h.role, h.root, h.etcd_member) for h in hosts[3:]] == [
+        (w, "worker", str(worker_lab / w), False) for w in WORKERS]
+    assert all(os.path.isdir(h.root) for h in hosts)
+
+
+@pytest.mark.parametrize("worker", WORKERS)
+def test_worker_checks_clean_as_profile_worker(worker_lab: Path, worker: str) -> None:
+    report = scan(LocalFS(str(worker_lab / worker)), now=NOW)
+    assert report.profile.name == "worker" and report.profile.is_worker
+    assert report.findings == (), report.findings
+    assert [i.name for i in report.items] == ["ca", "kubelet.conf", "kubelet-server"]
+    assert not any(i.missing or i.error for i in report.items)
+    r = subprocess.run([sys.executable, "-m", "kubecert", "check", "--root", str(worker_lab / worker), "--now", NOW_TEXT],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "profile worker" in r.stdout
+    rows = {line.split()[0]: line for line in r.stdout.splitlines() if line.strip()}
+    for name in ("ca", "kubelet.conf", "kubelet-server"):
+        assert name in rows, r.stdout
+    assert "/var/lib/kubelet/pki/kubelet-client-current.pem" in rows["kubelet.conf"]
+    # kubeadm's own tables have nothing to show on a worker
+    assert not any(line.startswith("CERTIFICATE") for line in r.stdout.splitlines()), r.stdout
+    assert "apiserver" not in r.stdout
+
+
+def test_expired_worker_lab(tmp_path: Path) -> None:
+    d = tmp_path / "lab"
+    r = _lab_cli(d, "--nodes", "1", "--workers", "1", "--expired")
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, "-m", "kubecert", "check", "--root", str(d / "worker-1"), "--now", NOW_TEXT],
+                       capture_output=True, text=True)
+    assert r.returncode == 2, r.stdout + r.stderr
+    kubelet = next(line for line in r.stdout.splitlines() if line.startswith("kubelet.conf "))
+    assert "<invalid>" in kubelet
+    ca = next(line for line in r.stdout.splitlines() if line.startswith("ca "))
+    assert "<invalid>" not in ca  # CAs stay valid
+
+
+def test_workers_flag_bounds(tmp_path: Path) -> None:
+    r = _lab_cli(tmp_path / "l", "--nodes", "1", "--workers", "-1")
+    assert r.returncode != 0 and "Traceback" not in r.stderr and "--workers" in r.stderr
+    assert not (tmp_path / "l").exists()
+    with pytest.raises(Exception, match="--workers"):
+        create(str(tmp_path / "l2"), LabSpec(nodes=1, workers=10_000), now=NOW)
+    assert not (tmp_path / "l2").exists()

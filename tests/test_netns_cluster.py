@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -28,7 +29,8 @@ pytestmark = pytest.mark.timeout(400)
 
 KUBECERT_STATE = "etc/kubernetes/.kubecert"  # backups, journal, audit log: kubecert's own records
 PROGRESS = re.compile(r"^\[\s*([\d.]+)s\] (\S+)\s+(\S+)\s+(.*)$")
-SUMMARY = re.compile(r"^(master-\d)\s+(done|skipped|failed|not-started)\s+([\d.]+)s\s+(.*)$")
+SUMMARY = re.compile(r"^((?:master|worker)-\d)\s+(done|skipped|failed|not-started)\s+([\d.]+)s\s+(.*)$")
+WORKERS = ("worker-1", "worker-2")
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,7 @@ def namespaces_permitted() -> None:
 
 @pytest.fixture
 def net(namespaces_permitted: None, tmp_path: Path) -> Iterator[NetLab]:
-    with netlab(tmp_path) as lab:
+    with netlab(tmp_path, workers=len(WORKERS)) as lab:
         print(f"\nsetup: {', '.join(f'{k} {v:.1f}s' for k, v in lab.timings.items())}")
         yield lab
 
@@ -94,10 +96,12 @@ def test_rolling_renewal_over_ssh_with_zero_failed_requests(net: NetLab) -> None
     check = cluster(net, "check", "-o", "json")
     assert check.returncode == 2, out(check)  # the lab's leaves expire in 10 minutes: critical
     data = json.loads(check.stdout)
-    assert [(n["name"], n["error"]) for n in data["nodes"]] == [(n, None) for n in NAMES], out(check)
+    assert [(n["name"], n["error"]) for n in data["nodes"]] == [(n, None) for n in NAMES + WORKERS], out(check)
+    assert [n["report"]["profile"]["roles"] for n in data["nodes"][3:]] == [["worker"]] * 2, out(check)
     assert data["findings"] == [], out(check)  # same CAs, etcd certs per node, member list = inventory
     old = {n: fingerprints(net, n) for n in NAMES}
     assert {n: served(net, n) for n in NAMES} == old
+    old_kubelet = {w: os.readlink(net[w].root / "var/lib/kubelet/pki/kubelet-client-current.pem") for w in WORKERS}
     state = net.dir / "rollout-state.json"
 
     with net.load() as load, net.api_load() as api:
@@ -113,15 +117,27 @@ def test_rolling_renewal_over_ssh_with_zero_failed_requests(net: NetLab) -> None
           + f"; {load.summary()} ({load.ok - before} during the rollout)"
           + f"; {api.summary()} ({api.ok - api_before} during the rollout)")
     assert r.returncode == 0, out(r) + "\n" + net.describe()
-    assert {n: s for n, (s, _, _) in rows.items()} == {n: "done" for n in NAMES}, out(r)
+    assert {n: s for n, (s, _, _) in rows.items()} == {n: "done" for n in NAMES + WORKERS}, out(r)
     assert load.failed == 0, (load.failed, load.errors)
     assert load.ok - before > 20, (load.ok, before)
     # the real kube-apiservers, through every host's address: zero failed (retries are allowed)
     assert api.failed == 0, (api.failed, api.errors)
     assert api.ok - api_before > 20, (api.ok, api_before)
-    # one node at a time, in inventory order: every restart of master-1 before any of master-2, ...
+    # one node at a time, in inventory order: every restart of master-1 before any of master-2, ...;
+    # then the workers, one batch (of one: 10% of two) at a time, after every control plane
     restarted = [node for _, node, _, msg in progress(r) if msg.startswith("restarting via")]
-    assert restarted == sorted(restarted) and set(restarted) == set(NAMES), restarted
+    assert restarted == sorted(restarted) and set(restarted) == set(NAMES + WORKERS), restarted
+    # each worker's kubelet gated over SSH (its healthz on the node's loopback, forwarded) and on its
+    # Node Ready with a Lease renewed after the restart, as the real apiserver says
+    for w in WORKERS:
+        gate = [msg for _, node, step, msg in progress(r) if node == w and step == "kubelet"]
+        assert gate[-1] == "ok", (w, gate)
+        new = net[w].root / "var/lib/kubelet/pki/kubelet-client-current.pem"
+        assert new.is_symlink() and os.readlink(new) != old_kubelet[w], (w, os.readlink(new))
+        assert net.kubelet_healthz(w)[0] == 200, w
+    batches = [msg for _, node, step, msg in progress(r) if step == "batch"]
+    assert [m.split(";")[0] for m in batches] == ["workers 1-1 of 2 at once", "workers 2-2 of 2 at once"], batches
+    assert all("API up" in m for m in batches), batches
     assert "restarting via static-pod/crictl" in r.stdout and "restarting via systemd/kubelet" in r.stdout, out(r)
     for n in NAMES:
         new = fingerprints(net, n)
@@ -147,7 +163,7 @@ def test_rolling_renewal_over_ssh_with_zero_failed_requests(net: NetLab) -> None
 def test_stops_at_a_node_whose_etcd_never_comes_back_and_resumes(net: NetLab) -> None:
     state = net.dir / "rollout-state.json"
     old = {n: fingerprints(net, n) for n in NAMES}
-    trees = {n: tree_state(net[n].root) for n in NAMES}
+    trees = {n: tree_state(net[n].root) for n in NAMES + WORKERS}
     net["master-2"].node.fail_start("etcd")  # from its next start on, master-2's etcd exits at once
 
     with net.load() as load:
@@ -163,7 +179,8 @@ def test_stops_at_a_node_whose_etcd_never_comes_back_and_resumes(net: NetLab) ->
     # 5: the node was restored but is not healthy (its etcd still cannot start) -- inspect
     assert r.returncode == 5, out(r)
     assert {n: s for n, (s, _, _) in rows.items()} == {"master-1": "done", "master-2": "failed",
-                                                        "master-3": "not-started"}, out(r)
+                                                        "master-3": "not-started", "worker-1": "not-started",
+                                                        "worker-2": "not-started"}, out(r)
     assert "stopped at master-2: etcd failed" in r.stderr and len(r.stderr.strip().splitlines()) == 1, out(r)
     assert load.failed == 0, (load.failed, load.errors)
     # master-1 renewed and serving it; master-2 rolled back; master-3 untouched, byte for byte
@@ -172,6 +189,8 @@ def test_stops_at_a_node_whose_etcd_never_comes_back_and_resumes(net: NetLab) ->
     assert tree_state(net["master-2"].root, skip=[KUBECERT_STATE]) == \
         {k: v for k, v in trees["master-2"].items() if not k.startswith(KUBECERT_STATE)}, "master-2 rolled back"
     assert tree_state(net["master-3"].root) == trees["master-3"], "master-3 untouched"
+    for w in WORKERS:
+        assert tree_state(net[w].root) == trees[w], f"{w} untouched"
     # the cluster keeps quorum: the two other members are healthy and take writes
     for n in ("master-1", "master-3"):
         health = net.etcdctl(n, "endpoint", "health")
@@ -196,7 +215,8 @@ def test_stops_at_a_node_whose_etcd_never_comes_back_and_resumes(net: NetLab) ->
           + ", ".join(f"{n} {s} {sec:.1f}s" for n, (s, sec, _) in rows.items()))
     assert again.returncode == 0, out(again)
     assert {n: s for n, (s, _, _) in rows.items()} == {"master-1": "skipped", "master-2": "done",
-                                                        "master-3": "done"}, out(again)
+                                                        "master-3": "done", "worker-1": "done",
+                                                        "worker-2": "done"}, out(again)
     for n in NAMES:
         assert served(net, n) == fingerprints(net, n)
     assert not state.exists()

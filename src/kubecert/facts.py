@@ -315,6 +315,8 @@ def detect_profile(fs: NodeFS, facts: NodeFacts) -> spec.Profile:
         return spec.Profile(roles, reason=why)
     if has["etcd-server"] or has["etcd-ca"]:
         return spec.Profile((spec.ETCD_HOST,), reason="etcd certificates without a control plane")
+    if fs.exists(f"{L.KUBERNETES_DIR}/kubelet.conf"):
+        return spec.Profile((spec.WORKER,), reason="kubelet.conf without a control plane or etcd certificates")
     raise ConfigError(
-        f"{fs.display(L.KUBERNETES_DIR)}: no kubeadm PKI found (no {pki}/apiserver.crt, admin.conf or "
-        f"{pki}/etcd/ca.crt); is --root right?")
+        f"{fs.display(L.KUBERNETES_DIR)}: no kubeadm PKI found (no {pki}/apiserver.crt, admin.conf, "
+        f"{pki}/etcd/ca.crt or kubelet.conf); is --root right?")

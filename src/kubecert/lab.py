@@ -31,6 +31,7 @@ SERVICE_SUBNET = "198.51.100.192/26"
 LB_NAME = "k8s-api.example.test"
 LB_IP = "198.51.100.100"
 MAX_NODES = 50
+MAX_WORKERS = 1000
 # X.509 validity dates kubecert can write: cryptography refuses dates before 1950, Python after 9999
 EARLIEST = dt.datetime(1950, 1, 1, tzinfo=dt.timezone.utc)
 LATEST = dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.timezone.utc)
@@ -43,6 +44,7 @@ class LabSpec:
     key_type: str = "rsa"  # rsa | ecdsa
     leaf_lifetime: Optional[dt.timedelta] = None  # from now; None = a fresh 365-day cluster
     cluster_name: str = "kubernetes"
+    workers: int = 0  # worker nodes: kubelet.conf, pki/ca.crt and the kubelet's own pki
 
     @property
     def x509_key_type(self) -> str:
@@ -52,7 +54,7 @@ class LabSpec:
 @dataclass(frozen=True)
 class LabNode:
     name: str
-    role: str  # "control-plane" or "etcd"
+    role: str  # "control-plane", "etcd" or "worker"
     ip: str
     root: str
 
@@ -81,6 +83,7 @@ class _Cluster:
     sa_key: Optional[x509ops.PrivateKey] = None
     etcd_nodes: List[LabNode] = field(default_factory=list)
     masters: List[LabNode] = field(default_factory=list)
+    workers: List[LabNode] = field(default_factory=list)
 
     @property
     def endpoint(self) -> str:
@@ -113,6 +116,8 @@ def create(directory: str, lab: LabSpec, *, now: dt.datetime) -> LabResult:
     written when an argument is wrong; a failure while writing removes what was written."""
     if not 1 <= lab.nodes <= MAX_NODES:
         raise ConfigError(f"--nodes must be between 1 and {MAX_NODES}")
+    if not 0 <= lab.workers <= MAX_WORKERS:
+        raise ConfigError(f"--workers must be between 0 and {MAX_WORKERS}")
     if lab.topology not in ("stacked", "external-etcd"):
         raise ConfigError(f"unknown topology {lab.topology!r}")
     if "\0" in directory or not directory:
@@ -145,10 +150,12 @@ def _create(directory: str, lab: LabSpec, now: dt.datetime, created: dt.datetime
     if lab.topology == "external-etcd":
         c.etcd_nodes = [LabNode(f"etcd-{i}", "etcd", f"198.51.100.{130 + i}", "")
                         for i in range(1, lab.nodes + 1)]
+    c.workers = [LabNode(f"worker-{i}", "worker", _worker_ip(i), "") for i in range(1, lab.workers + 1)]
     os.makedirs(directory, exist_ok=True)
     directory = os.path.abspath(directory)
     c.masters = [LabNode(n.name, n.role, n.ip, os.path.join(directory, n.name)) for n in c.masters]
     c.etcd_nodes = [LabNode(n.name, n.role, n.ip, os.path.join(directory, n.name)) for n in c.etcd_nodes]
+    c.workers = [LabNode(n.name, n.role, n.ip, os.path.join(directory, n.name)) for n in c.workers]
 
     ca_nb = created - dt.timedelta(minutes=5)
     for name in spec.CA_NAMES:
@@ -170,14 +177,24 @@ def _create(directory: str, lab: LabSpec, now: dt.datetime, created: dt.datetime
     for n in c.masters:
         fs = LocalFS(n.root, must_exist=False)
         _write_master(c, fs, n, stacked, etcd_client)
+    for n in c.workers:
+        _write_worker(c, LocalFS(n.root, must_exist=False), n)
     _write_inventory(directory, c)
-    return LabResult(directory, tuple(c.etcd_nodes + c.masters), created, c.leaf_not_after)
+    return LabResult(directory, tuple(c.etcd_nodes + c.masters + c.workers), created, c.leaf_not_after)
+
+
+def _worker_ip(i: int) -> str:
+    """Workers live in 198.51.100.20-99, then 203.0.113.0/24 and 192.0.2.0/24 (documentation ranges)."""
+    if i <= 80:
+        return f"198.51.100.{19 + i}"
+    i -= 81
+    return f"{('203.0.113', '192.0.2')[i // 254 % 2]}.{i % 254 + 1}"
 
 
 def _write_inventory(directory: str, c: _Cluster) -> None:
     """DIR/inventory.yaml: the lab as a kubecert inventory, node roots as `root` (for --local)."""
-    hosts = [{"name": n.name, "address": "127.0.0.1", "role": "etcd" if n.role == "etcd" else "control-plane",
-              "root": n.root} for n in c.etcd_nodes + c.masters]
+    hosts = [{"name": n.name, "address": "127.0.0.1", "role": n.role, "root": n.root}
+             for n in c.etcd_nodes + c.masters + c.workers]
     doc = {"kind": "KubecertInventory", "hosts": hosts}
     text = ("# kubecert lab inventory: try `kubecert cluster check -i THIS --local`\n"
             "# (on real nodes: address = the node's IP, root = /)\n" + yaml.safe_dump(doc, sort_keys=False))
@@ -343,19 +360,35 @@ def _write_master(c: _Cluster, fs: LocalFS, node: LabNode, stacked: bool,
                                          spec.entry(name).expected_cn(node.name),
                                          cert_data=x509ops.cert_pem(cert), key_data=x509ops.key_pem(key)),
                         0o600)
-    # kubelet: rotated client cert behind kubelet-client-current.pem, as after kubeadm's kubelet-finalize
+    _write_kubelet(c, fs, node)
+    for name, body in _control_plane_manifests(node, etcd_servers).items():
+        fs.write_atomic(f"{L.MANIFESTS_DIR}/{name}.yaml", body, 0o600)
+
+
+def _write_kubelet(c: _Cluster, fs: LocalFS, node: LabNode) -> None:
+    """kubelet.conf with the rotated client cert behind kubelet-client-current.pem (as after kubeadm's
+    kubelet-finalize on a control plane, or the TLS bootstrap of a joined worker), the kubelet's
+    self-signed serving cert and its config.yaml."""
     cert, key = _issue(c, "kubelet.conf", node)
     dated = f"{L.KUBELET_PKI_DIR}/kubelet-client-{_ts(c.created)}.pem"
     fs.write_atomic(dated, x509ops.cert_pem(cert) + x509ops.key_pem(key), 0o600)
-    fs.symlink_atomic(f"{L.KUBELET_PKI_DIR}/kubelet-client-current.pem", dated)
     current = f"{L.KUBELET_PKI_DIR}/kubelet-client-current.pem"
+    fs.symlink_atomic(current, dated)
     fs.write_atomic(L.KUBERNETES_DIR + "/kubelet.conf",
-                    kubeconfig_bytes(c.spec.cluster_name, f"https://{c.endpoint}", ca_pem,
+                    kubeconfig_bytes(c.spec.cluster_name, f"https://{c.endpoint}", x509ops.cert_pem(c.cas["ca"].cert),
                                      f"system:node:{node.name}", cert_file=current, key_file=current), 0o600)
     _write_kubelet_serving(c, fs, node)
     _write_kubelet_config(fs)
-    for name, body in _control_plane_manifests(node, etcd_servers).items():
-        fs.write_atomic(f"{L.MANIFESTS_DIR}/{name}.yaml", body, 0o600)
+
+
+def _write_worker(c: _Cluster, fs: LocalFS, node: LabNode) -> None:
+    """A node joined with `kubeadm join`: the cluster CA's certificate (no key), kubelet.conf and the
+    kubelet's pki; no static pods, no etcd dir."""
+    os.makedirs(fs.root, exist_ok=True)
+    for d in (L.KUBERNETES_DIR, L.DEFAULT_PKI_DIR, L.MANIFESTS_DIR, L.KUBELET_PKI_DIR):
+        fs.makedirs(d)
+    _write_ca(c, fs, "ca", with_key=False)
+    _write_kubelet(c, fs, node)
 
 
 def _write_kubelet_config(fs: LocalFS) -> None:

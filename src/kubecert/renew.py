@@ -100,6 +100,7 @@ class _Ctx:
     clock: dt.datetime  # the real time: every new certificate must be valid then
     min_days: float = 1.0
     force_validity: bool = False
+    kubelet_within: dt.timedelta = KUBELET_RENEW_WITHIN
     cas: Dict[str, _CA] = field(default_factory=dict)
     warnings: List[str] = field(default_factory=list)
     writes: List[Write] = field(default_factory=list)
@@ -255,9 +256,9 @@ def _plan_kubelet_serving(ctx: _Ctx, e: spec.Entry, explicit: bool) -> PlanItem:
     shown = ctx.fs.display(cpath)
     old = x509ops.load_certs(ctx.fs.read(cpath), shown)[0]
     left = x509ops.not_after(old) - ctx.now
-    if not explicit and left > KUBELET_RENEW_WITHIN:
+    if not explicit and left > ctx.kubelet_within:
         return PlanItem(e.name, "skip", f"valid for {left.days} more days (name kubelet-server to force)",
-                        path=shown)
+                        path=shown, old_not_after=x509ops.not_after(old))
     if ctx.key_mode == "reuse" and ctx.fs.exists(kpath):
         key = x509ops.load_key(ctx.fs.read(kpath), ctx.fs.display(kpath))
         if not x509ops.key_matches_cert(old, key):
@@ -373,9 +374,9 @@ def _plan_kubelet_file(ctx: _Ctx, e: spec.Entry, kc: Kubeconfig, explicit: bool)
         return PlanItem(e.name, "skip", f"client cert and key are separate files ({shown}); renew by hand",
                         path=shown)
     left = x509ops.not_after(old) - ctx.now
-    if not explicit and left > KUBELET_RENEW_WITHIN:
+    if not explicit and left > ctx.kubelet_within:
         return PlanItem(e.name, "skip", f"the kubelet rotates {shown} itself; valid for {left.days} more days "
-                        "(name kubelet.conf to force)", path=shown)
+                        "(name kubelet.conf to force)", path=shown, old_not_after=x509ops.not_after(old))
     new, key, _, item = _new_cert(ctx, e, old, old_key, shown)
     link = ctx.fs.readlink(src)
     dated = f"{L.KUBELET_PKI_DIR}/kubelet-client-{ctx.now:%Y-%m-%d-%H-%M-%S}.pem"
@@ -407,11 +408,13 @@ def _plan_user_kubeconfigs(ctx: _Ctx, renewed: Dict[str, _Renewed]) -> List[Plan
 def plan(fs: NodeFS, names: Sequence[str], *, now: dt.datetime, days: int = 365, key_mode: str = "new",
          key_type: Optional[str] = None, profile: Optional[spec.Profile] = None,
          update_user_kubeconfigs: bool = False, signers: Optional[Signers] = None,
-         clock: Optional[dt.datetime] = None, min_days: float = 1.0, force_validity: bool = False) -> Plan:
+         clock: Optional[dt.datetime] = None, min_days: float = 1.0, force_validity: bool = False,
+         within: Optional[dt.timedelta] = None) -> Plan:
     """Everything that renewal would write, computed in memory; reads the node, writes nothing.
 
     ``clock`` is the real time (default: ``now``): every new certificate must be valid then, start no
-    earlier than its CA and live at least ``min_days``, unless ``force_validity``."""
+    earlier than its CA and live at least ``min_days``, unless ``force_validity``. ``within``: of
+    ``all``, renew only what expires within it (or has expired); names given explicitly always."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     if days < 1:
@@ -421,7 +424,7 @@ def plan(fs: NodeFS, names: Sequence[str], *, now: dt.datetime, days: int = 365,
     facts = gather(fs)
     profile = profile or detect_profile(fs, facts)
     ctx = _Ctx(fs, facts, L.Layout(facts.pki_dir), now, days, key_mode, key_type, clock or now, min_days,
-               force_validity)
+               force_validity, within if within is not None else KUBELET_RENEW_WITHIN)
     explicit = [n for n in names if n != "all"]
     on_node = [n for n in profile.names if n in spec.RENEWABLE]
     for n in explicit:
@@ -430,11 +433,22 @@ def plan(fs: NodeFS, names: Sequence[str], *, now: dt.datetime, days: int = 365,
     targets = on_node if "all" in names or not names else []
     targets = list(dict.fromkeys(targets + explicit))
     _load_cas(ctx, profile.names if profile.names else spec.CA_NAMES, signers)
+    later: List[PlanItem] = []
+    if within is not None:
+        keep = []
+        for name in targets:
+            not_after = None if name in explicit else _current_not_after(ctx, spec.entry(name))
+            if not_after is not None and not_after - now > within:
+                later.append(PlanItem(name, "skip", f"valid until {_when(not_after)}, beyond --within",
+                                      path=fs.display(_entry_path(ctx, spec.entry(name))), old_not_after=not_after))
+            else:
+                keep.append(name)
+        targets = keep
     # the kubelet's own certs are usually left to its rotation: their keys are made only if needed
     likely = [t for t in targets if t in explicit or t not in ("kubelet.conf", "kubelet-server")]
     if key_mode == "new" and likely:
         ctx.prefetch_keys(key_type or _likely_key_type(ctx), len(likely))
-    items: List[PlanItem] = []
+    items: List[PlanItem] = list(later)
     renewed_kc: Dict[str, _Renewed] = {}
     for name in targets:
         e = spec.entry(name)
@@ -458,6 +472,31 @@ def plan(fs: NodeFS, names: Sequence[str], *, now: dt.datetime, days: int = 365,
     if update_user_kubeconfigs:
         items.extend(_plan_user_kubeconfigs(ctx, renewed_kc))
     return Plan(fs.root, now, days, profile, tuple(items), tuple(ctx.writes), tuple(ctx.warnings))
+
+
+def _entry_path(ctx: _Ctx, e: spec.Entry) -> str:
+    return ctx.layout.kubeconfig(e.path) if e.kind is spec.Kind.KUBECONFIG else ctx.layout.cert(e)
+
+
+def _current_not_after(ctx: _Ctx, e: spec.Entry) -> Optional[dt.datetime]:
+    """NotAfter of what the node has for ``e`` now (a kubeconfig's client cert, embedded or in its
+    file); None when it is absent or unreadable (the plan then says why)."""
+    path = _entry_path(ctx, e)
+    try:
+        if not ctx.fs.exists(path):
+            return None
+        if e.kind is not spec.Kind.KUBECONFIG:
+            return x509ops.not_after(x509ops.load_certs(ctx.fs.read(path), ctx.fs.display(path))[0])
+        kc = parse_kubeconfig(ctx.fs.read(path), ctx.fs.display(path))
+        if kc.client_cert_data is not None:
+            return x509ops.not_after(x509ops.load_cert(kc.client_cert_data, ctx.fs.display(path)))
+        if kc.client_cert_file:
+            src = kc.client_cert_file if kc.client_cert_file.startswith("/") else \
+                posixpath.join(L.KUBERNETES_DIR, kc.client_cert_file)
+            return x509ops.not_after(x509ops.load_certs(ctx.fs.read(src), ctx.fs.display(src))[0])
+    except KubecertError:
+        return None
+    return None
 
 
 def apply(fs: NodeFS, p: Plan, *, fault: Optional[Fault] = None) -> Backup:

@@ -158,7 +158,8 @@ _check_table()
 STACKED = "stacked"
 EXTERNAL_ETCD = "external-etcd"
 ETCD_HOST = "etcd-host"
-ROLES: Tuple[str, ...] = (STACKED, EXTERNAL_ETCD, ETCD_HOST)
+WORKER = "worker"  # kubelet.conf, pki/ca.crt and the kubelet's own pki: no CA key, no control plane
+ROLES: Tuple[str, ...] = (STACKED, EXTERNAL_ETCD, ETCD_HOST, WORKER)
 
 # What `kubeadm certs check-expiration` lists for each role (its own view of the node).
 _KUBEADM_ROWS: Dict[str, Tuple[str, ...]] = {
@@ -169,6 +170,7 @@ _KUBEADM_ROWS: Dict[str, Tuple[str, ...]] = {
     EXTERNAL_ETCD: ("ca", "front-proxy-ca", "apiserver", "apiserver-kubelet-client", "front-proxy-client",
                     "admin.conf", "super-admin.conf", "controller-manager.conf", "scheduler.conf"),
     ETCD_HOST: ("etcd-ca", "etcd-server", "etcd-peer", "etcd-healthcheck-client", "apiserver-etcd-client"),
+    WORKER: (),  # kubeadm's check-expiration has nothing to show on a worker
 }
 # What kubecert checks on top of kubeadm's rows.
 _EXTRA_ROWS: Dict[str, Tuple[str, ...]] = {
@@ -176,6 +178,9 @@ _EXTRA_ROWS: Dict[str, Tuple[str, ...]] = {
     # the apiserver cannot reach an external etcd without these, kubeadm just doesn't list them
     EXTERNAL_ETCD: ("etcd-ca", "apiserver-etcd-client", "sa", "kubelet.conf", "kubelet-server"),
     ETCD_HOST: ("kubelet.conf", "kubelet-server"),
+    # the kubelet's client cert (kubelet.conf -> kubelet-client-current.pem), its serving cert, and the
+    # cluster CA it trusts (pki/ca.crt, the CA of kubelet.conf's certificate-authority-data)
+    WORKER: ("ca", "kubelet.conf", "kubelet-server"),
 }
 # Entries that may be absent without being "missing".
 _OPTIONAL: Dict[str, FrozenSet[str]] = {
@@ -186,6 +191,7 @@ _OPTIONAL: Dict[str, FrozenSet[str]] = {
     # the kubernetes.io guide runs etcd hosts with a standalone kubelet (no kubelet.conf) and
     # ships apiserver-etcd-client from them; both may be gone
     ETCD_HOST: frozenset({"kubelet.conf", "kubelet-server", "apiserver-etcd-client"}),
+    WORKER: frozenset({"kubelet-server"}),
 }
 
 
@@ -211,6 +217,8 @@ class Profile:
             raise ValueError("'stacked' already runs etcd on the node; it combines with no other role")
         if EXTERNAL_ETCD in self.roles and STACKED in self.roles:
             raise ValueError("a node cannot be both stacked and external-etcd")
+        if WORKER in self.roles and len(self.roles) > 1:
+            raise ValueError("'worker' is a node without control plane or etcd; it combines with no other role")
 
     @property
     def name(self) -> str:
@@ -219,6 +227,10 @@ class Profile:
     @property
     def is_control_plane(self) -> bool:
         return STACKED in self.roles or EXTERNAL_ETCD in self.roles
+
+    @property
+    def is_worker(self) -> bool:
+        return self.roles == (WORKER,)
 
     @property
     def kubeadm(self) -> Tuple[str, ...]:
@@ -264,7 +276,7 @@ def parse_profile(text: str) -> Profile:
                    reason="forced by --profile")
 
 
-PROFILE_CHOICES: Tuple[str, ...] = (STACKED, EXTERNAL_ETCD, ETCD_HOST, f"{EXTERNAL_ETCD}+{ETCD_HOST}")
+PROFILE_CHOICES: Tuple[str, ...] = (STACKED, EXTERNAL_ETCD, ETCD_HOST, f"{EXTERNAL_ETCD}+{ETCD_HOST}", WORKER)
 
 # Names an operator can renew (generated for the CLI): certs with a signing CA and kubeconfigs.
 RENEWABLE: Tuple[str, ...] = tuple(

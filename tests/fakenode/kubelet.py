@@ -61,7 +61,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for `fakenode` when run as a script
 
@@ -134,10 +134,13 @@ def log(msg: str) -> None:
 
 
 class _Healthz(http.server.BaseHTTPRequestHandler):
+    health: Optional[Callable[[], Tuple[int, str]]] = None  # --register-node: the node agent's
+
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         ok = self.path.split("?")[0] == "/healthz"
-        body = b"ok" if ok else b"404 page not found\n"
-        self.send_response(200 if ok else 404)
+        status, text = (self.health() if self.health is not None else (200, "ok")) if ok else (404, "")
+        body = text.encode() if ok else b"404 page not found\n"
+        self.send_response(status if ok else 404)
         self.send_header("Content-Type", "text/plain; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -179,8 +182,10 @@ class Pod:
 
 class Supervisor:
     def __init__(self, root: Path, state: Path, file_check_frequency: float, config: Dict[str, Any],
-                 owner: Optional[Tuple[int, int]] = None, kube_bin: Optional[Path] = None) -> None:
+                 owner: Optional[Tuple[int, int]] = None, kube_bin: Optional[Path] = None,
+                 agent: Optional[Any] = None) -> None:
         self.root = root
+        self.agent = agent  # node_agent.Agent: registers the Node; healthz is its health
         self.kube_bin = kube_bin
         self.state = state
         self.frequency = file_check_frequency
@@ -535,8 +540,11 @@ class Supervisor:
         if port == 0:
             return
 
+        handler: Any = _Healthz
+        if self.agent is not None:
+            handler = type("_AgentHealthz", (_Healthz,), {"health": staticmethod(self.agent.health)})
         try:
-            server = _HealthzServer((host, port), _Healthz)
+            server = _HealthzServer((host, port), handler)
         except OSError as exc:
             log(f"cannot serve healthz on {host}:{port}: {exc}")
             return
@@ -622,6 +630,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--kube-bin", type=Path, default=None, metavar="DIR",
                     help="run the real kube-apiserver, kube-controller-manager and kube-scheduler from DIR "
                          "instead of the stand-ins")
+    ap.add_argument("--register-node", default=None, metavar="HOST=IP[,IP...]",
+                    help="also do what the kubelet does with its credentials (tests/fakenode/node_agent.py: the "
+                         "Node and its Lease through the apiserver, healthz only while that works); the "
+                         "value is node_agent's --resolve")
     args = ap.parse_args(argv)
     root, state = args.root.resolve(), args.state.resolve()
     if not (root / "etc/kubernetes").is_dir():
@@ -638,7 +650,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.owner_pid:
         pid, _, started = args.owner_pid.partition(":")
         owner = (int(pid), int(started) if started else S.start_time(int(pid)))
-    sup = Supervisor(root, state, max(0.05, frequency), config, owner, args.kube_bin)
+    agent = None
+    if args.register_node:
+        from fakenode import node_agent
+
+        creds = node_agent.Credentials(root)  # read once, at start, as the kubelet does
+        host, _, ips = args.register_node.partition("=")
+        if host != creds.host or not ips:
+            ap.error(f"--register-node {args.register_node}: want {creds.host}=IP[,IP...]")
+        agent = node_agent.Agent(creds, [ip.strip() for ip in ips.split(",") if ip.strip()], 1.0)
+        threading.Thread(target=agent.loop, args=(threading.Event(),), name="node-agent", daemon=True).start()
+        log(f"registering node {creds.node} with {creds.server}")
+    sup = Supervisor(root, state, max(0.05, frequency), config, owner, args.kube_bin, agent)
 
     def on_signal(signum: int, _frame: Any) -> None:
         sup.shutdown = "detach" if signum == signal.SIGUSR1 else "stop"

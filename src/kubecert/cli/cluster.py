@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import os
 import sys
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
 
 import click
 
@@ -25,55 +29,86 @@ from .common import (
 
 @click.group()
 def cluster() -> None:
-    """Every control-plane node and etcd host of an inventory, over SSH."""
+    """Every node of an inventory (etcd hosts, control planes, workers), over SSH."""
+
+
+_TARGET_KEYS = ("inventory", "cp_group", "etcd_group", "worker_group", "known_hosts", "accept_new_host_keys",
+                "local_roots", "ssh_user", "use_sudo")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Which hosts a cluster command reaches, and how (the inventory options, parsed)."""
+
+    inventory: Optional[str]
+    cp_group: Optional[str]
+    etcd_group: Optional[str]
+    worker_group: Optional[str]
+    known_hosts: Optional[str]
+    accept_new_host_keys: bool
+    local_roots: bool
+    ssh_user: Optional[str]
+    use_sudo: Optional[bool]
+
+    def hosts(self) -> List[Any]:
+        from ..remote.hosts import load_inventory
+
+        if not self.inventory:
+            fail("pass -i/--inventory FILE (a kubecert or Ansible inventory)")
+        assert self.inventory is not None
+        hosts = load_inventory(self.inventory, cp_group=self.cp_group, etcd_group=self.etcd_group,
+                               worker_group=self.worker_group)
+        changes: Dict[str, Any] = {}
+        if self.ssh_user:
+            changes["user"] = self.ssh_user
+        if self.use_sudo:
+            changes["sudo"] = True
+        return [dataclasses.replace(h, **changes) for h in hosts] if changes else hosts
+
+    def connector(self) -> Any:
+        if self.local_roots:
+            from ..cluster import local_connect
+
+            return local_connect
+        from ..remote.ssh import Connection
+
+        known_hosts, accept_new = self.known_hosts, self.accept_new_host_keys
+
+        def connect(host: Any) -> Any:
+            return Connection(host, known_hosts=known_hosts, accept_new=accept_new).open()
+
+        return connect
 
 
 def inventory_options(fn: F) -> F:
+    """The options that say which hosts to reach; the command gets them as ``target: Target``."""
     opts = [
-        click.option("-i", "--inventory", required=True, metavar="FILE",
+        click.option("-i", "--inventory", metavar="FILE",
                      help="kubecert YAML inventory, or an Ansible inventory (INI or YAML)."),
         click.option("--cp-group", help="Ansible group of the control planes (default: kube_control_plane, ...)."),
         click.option("--etcd-group", help="Ansible group of the etcd hosts (default: etcd)."),
+        click.option("--worker-group", help="Ansible group of the workers (default: kube_node; its control "
+                     "planes stay control planes)."),
         click.option("--known-hosts", metavar="FILE", help="known_hosts to verify host keys (default ~/.ssh/known_hosts)."),
         click.option("--accept-new-host-keys", is_flag=True,
                      help="Accept and record keys of hosts not yet in known_hosts (a changed key is always refused)."),
         click.option("--local", "local_roots", is_flag=True,
-                     help="The inventory's `root` paths are directories on this machine (rehearse on a lab)."),
+                     help="The inventory's `root` paths are directories on this machine, commands run here "
+                          "(rehearse on a lab; or a one-node inventory with root / on the node itself)."),
         click.option("--user", "ssh_user", help="SSH user for every host (overrides the inventory)."),
         click.option("--sudo", "use_sudo", is_flag=True, default=None,
                      help="Run commands with sudo -n on every host (Ansible inventories rarely say so)."),
     ]
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        kwargs["target"] = Target(**{k: kwargs.pop(k) for k in _TARGET_KEYS})
+        return fn(*args, **kwargs)
+
+    out: Any = wrapper
     for o in reversed(opts):
-        fn = o(fn)
-    return fn
-
-
-def _connector(known_hosts: Optional[str], accept_new: bool, local_roots: bool) -> Any:
-    if local_roots:
-        from ..cluster import local_connect
-
-        return local_connect
-    from ..remote.ssh import Connection
-
-    def connect(host: Any) -> Any:
-        return Connection(host, known_hosts=known_hosts, accept_new=accept_new).open()
-
-    return connect
-
-
-def _load_hosts(inventory: str, cp_group: Optional[str], etcd_group: Optional[str],
-                user: Optional[str] = None, sudo: Optional[bool] = None) -> Any:
-    import dataclasses
-
-    from ..remote.hosts import load_inventory
-
-    hosts = load_inventory(inventory, cp_group=cp_group, etcd_group=etcd_group)
-    changes: dict[str, Any] = {}
-    if user:
-        changes["user"] = user
-    if sudo:
-        changes["sudo"] = True
-    return [dataclasses.replace(h, **changes) for h in hosts] if changes else hosts
+        out = o(out)
+    return out  # type: ignore[no-any-return]
 
 
 @cluster.command("check")
@@ -81,13 +116,12 @@ def _load_hosts(inventory: str, cp_group: Optional[str], etcd_group: Optional[st
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--warn", "warn_text", default="30d", show_default=True)
 @click.option("--crit", "crit_text", default="7d", show_default=True)
-@click.option("--workers", default=32, show_default=True, type=click.IntRange(1, 256), help="Nodes checked at once.")
+@click.option("-j", "--concurrency", "--workers", "workers", default=32, show_default=True, type=click.IntRange(1, 256),
+              help="Nodes checked at once (--workers is the old name).")
 @click.option("--no-etcd-members", is_flag=True, help="Do not ask etcd for its member list (offline trees).")
 @now_option
 @handle_errors
-def cluster_check_cmd(inventory: str, cp_group: Optional[str], etcd_group: Optional[str], known_hosts: Optional[str],
-                      accept_new_host_keys: bool, local_roots: bool, ssh_user: Optional[str],
-                      use_sudo: Optional[bool], output: str, warn_text: str, crit_text: str,
+def cluster_check_cmd(target: Target, output: str, warn_text: str, crit_text: str,
                       workers: int, no_etcd_members: bool, now_text: Optional[str]) -> None:
     """Check every node in parallel, in one table, plus a cross-node audit.
 
@@ -100,8 +134,7 @@ def cluster_check_cmd(inventory: str, cp_group: Optional[str], etcd_group: Optio
 
     warn, crit = parse_duration(warn_text), parse_duration(crit_text)
     now = parse_now(now_text)
-    hosts = _load_hosts(inventory, cp_group, etcd_group, ssh_user, use_sudo)
-    report = cluster_check(hosts, _connector(known_hosts, accept_new_host_keys, local_roots), now=now, workers=workers,
+    report = cluster_check(target.hosts(), target.connector(), now=now, workers=workers,
                            members=not no_etcd_members)
     code = report.exit_code(warn, crit)
     if output == "json":
@@ -154,28 +187,32 @@ def cluster_check_cmd(inventory: str, cp_group: Optional[str], etcd_group: Optio
 @click.option("--state", "state_path", metavar="FILE",
               help="Progress of this rollout, to resume after a stop (default: INVENTORY.kubecert-state.json).")
 @click.option("--days", default=365, show_default=True, type=click.IntRange(1, 36500))
+@click.option("--worker-batch", type=click.IntRange(1, 100000), metavar="N",
+              help="Workers renewed at once (default 10%, at least 1; never all of several).")
+@click.option("--within", "within_text", default="30d", show_default=True, metavar="DURATION",
+              help="A worker's kubelet certs are renewed when they expire within this (or have expired).")
 @runtime_options
 @with_validity
 @now_option
 @handle_errors
-def cluster_renew_cmd(inventory: str, cp_group: Optional[str], etcd_group: Optional[str], known_hosts: Optional[str],
-                      accept_new_host_keys: bool, local_roots: bool, ssh_user: Optional[str],
-                      use_sudo: Optional[bool], dry_run: bool, yes: bool,
+def cluster_renew_cmd(target: Target, dry_run: bool, worker_batch: Optional[int], within_text: str, yes: bool,
                       state_path: Optional[str], days: int, cri: Optional[str], strategy: str,
                       service_manager: Optional[str], restart_commands: tuple[str, ...],
                       gate_timeouts: tuple[str, ...], restart_timeout: float, min_days: float,
                       force_validity: bool, now_text: Optional[str]) -> None:
     """Rolling renewal: etcd hosts first, then control planes, ONE at a time, each gated on the
-    health of the whole cluster; stop at the first failure (that node is rolled back)."""
+    health of the whole cluster; then workers in batches (kubelet healthz over SSH, and the Node Ready
+    when the API is up). Stop at the first failure (that node is rolled back)."""
     import time
 
     from .. import renew as R
     from ..cluster import RunState, cluster_renew, collect_signers, inventory_digest, rollout_order
 
     now = parse_now(now_text)
+    within = parse_duration(within_text)
     validity: dict[str, Any] = dict(clock=real_now(), min_days=min_days, force_validity=force_validity)
-    hosts = _load_hosts(inventory, cp_group, etcd_group, ssh_user, use_sudo)
-    connect = _connector(known_hosts, accept_new_host_keys, local_roots)
+    hosts = target.hosts()
+    connect = target.connector()
     console = Plain()
     if dry_run:
         signers, where = collect_signers(hosts, connect)
@@ -184,7 +221,8 @@ def cluster_renew_cmd(inventory: str, cp_group: Optional[str], etcd_group: Optio
         for h in rollout_order(hosts):
             conn = connect(h)
             try:
-                p = R.plan(conn.fs(), ["all"], now=now, days=days, signers=signers, **validity)
+                p = R.plan(conn.fs(), ["all"], now=now, days=days, signers=signers,
+                           within=within if h.role == "worker" else None, **validity)
             finally:
                 conn.close()
             console.print(f"\n== {h.name} ({h.role}, {h.address})")
@@ -195,14 +233,14 @@ def cluster_renew_cmd(inventory: str, cp_group: Optional[str], etcd_group: Optio
         fail("a rolling renewal restarts every node: pass --yes (review it first with --dry-run)")
     options, timeouts = runtime_setup(cri, strategy, service_manager, restart_commands, gate_timeouts,
                                        restart_timeout)
-    state = RunState.load(state_path or f"{inventory}.kubecert-state.json", inventory_digest(hosts))
+    state = RunState.load(state_path or f"{target.inventory}.kubecert-state.json", inventory_digest(hosts))
     start = time.monotonic()
 
     def progress(node: str, step: str, message: str) -> None:
         console.print(f"[{time.monotonic() - start:6.1f}s] {node:<12} {step:<24} {message}")
 
     run = cluster_renew(hosts, connect, now=now, state=state, options=options, timeouts=timeouts,
-                        progress=progress, days=days, **validity)
+                        progress=progress, worker_batch=worker_batch, within=within, days=days, **validity)
     console.print("")
     for n in run.nodes:
         console.print(f"{n.name:<14} {n.status:<12} {n.seconds:6.1f}s  {n.detail}")
@@ -211,3 +249,131 @@ def cluster_renew_cmd(inventory: str, cp_group: Optional[str], etcd_group: Optio
         fail(f"stopped at {failed.name}: {failed.detail}; nodes after it were not touched; "
              f"re-run to resume (state: {state.path})", 4 if failed.outcome and failed.outcome.exit_code == 4 else 5)
     console.print(f"all {len(run.nodes)} node(s) renewed in {time.monotonic() - start:.1f}s")
+
+
+@cluster.command("recover")
+@inventory_options
+@click.option("--this-node", is_flag=True,
+              help="A single-master cluster, run on that master itself: no inventory, no SSH (see --root).")
+@click.option("--root", default="/", show_default=True, metavar="DIR", help="With --this-node: the node's root.")
+@click.option("--dry-run", is_flag=True, help="Preflight and the plan, per node; change nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Recover without asking.")
+@click.option("--state", "state_path", metavar="FILE",
+              help="Progress of this recovery, to resume after a stop (default: INVENTORY.kubecert-recover.json).")
+@click.option("--days", default=365, show_default=True, type=click.IntRange(1, 36500))
+@click.option("--within", "within_text", default="30d", show_default=True, metavar="DURATION",
+              help="Renew what expires within this (or has expired, or is not yet valid).")
+@click.option("--max-clock-skew", "skew_text", default="5m", show_default=True, metavar="DURATION",
+              help="Refuse when a node's clock is further than this from the operator's.")
+@click.option("--ignore-clock-skew", is_flag=True, help="Report clock skew, never refuse for it.")
+@runtime_options
+@with_validity
+@now_option
+@handle_errors
+def cluster_recover_cmd(target: Target, this_node: bool, root: str, dry_run: bool, yes: bool,
+                        state_path: Optional[str], days: int, within_text: str, skew_text: str,
+                        ignore_clock_skew: bool, cri: Optional[str], strategy: str, service_manager: Optional[str],
+                        restart_commands: tuple[str, ...], gate_timeouts: tuple[str, ...], restart_timeout: float,
+                        min_days: float, force_validity: bool, now_text: Optional[str]) -> None:
+    """Bring back a cluster whose certificates already expired (etcd without quorum, apiservers down,
+    kubelets unauthenticated): preflight every node over SSH, back up and renew every expired or
+    soon-expiring cert on every node, then a cold start in dependency order — every etcd member at
+    once, the control planes, every kubelet — and verify.
+
+    Resumable (re-run continues), never rolls back (a rolled-back dead cluster stays dead).
+    Exit 0 recovered; 3 refused by preflight, nothing changed; 5 stopped, not healthy (inspect: the
+    summary says what runs, the backups are named); 6 partial: an unreachable node was left out."""
+    import time
+
+    from ..cluster import inventory_digest
+    from ..cluster.recover import RecoverState, preflight, recover
+
+    now = parse_now(now_text)
+    within = parse_duration(within_text)
+    max_skew = None if ignore_clock_skew else parse_duration(skew_text)
+    validity: dict[str, Any] = dict(clock=real_now(), min_days=min_days, force_validity=force_validity, days=days)
+    if this_node:
+        import socket
+
+        from ..cluster import local_connect
+        from ..remote.hosts import Host
+
+        if target.inventory:
+            fail("--this-node recovers the node it runs on: pass it without -i")
+        hosts: List[Any] = [Host(socket.gethostname() or "this-node", "127.0.0.1", "control-plane", root=root)]
+        connect: Any = local_connect
+        default_state = os.path.join(os.path.abspath(root), "etc/kubernetes/.kubecert/cluster-recover.json")
+    else:
+        if not target.inventory:
+            fail("pass -i INVENTORY (or --this-node on a single master)")
+        hosts, connect = target.hosts(), target.connector()
+        default_state = f"{target.inventory}.kubecert-recover.json"
+    console = Plain()
+    start = time.monotonic()
+    pre = preflight(hosts, connect, now=now, within=within, max_skew=max_skew, **validity)
+    took = time.monotonic() - start
+    _print_preflight(pre, now, console)
+    if pre.refusals:
+        fail(f"preflight refused, nothing was changed: {pre.refusals[0]}"
+             + (f" (and {len(pre.refusals) - 1} more above)" if len(pre.refusals) > 1 else ""))
+    if dry_run:
+        for n in pre.reachable:
+            if n.plan is not None:
+                console.print(f"\n== {n.name} ({n.role}, {n.address})")
+                print_plan(n.plan, console)
+        console.print("\nthen: every etcd member at once -> etcd healthy -> every apiserver, controller-manager, "
+                      "scheduler -> every kubelet -> verify")
+        console.print("dry run: nothing was written")
+        return
+    if not yes:
+        fail("a recovery renews and restarts every node: pass --yes (review it first with --dry-run)")
+    if not pre.reachable:
+        fail("no node could be reached: nothing to recover", 5)
+    options, timeouts = runtime_setup(cri, strategy, service_manager, restart_commands, gate_timeouts,
+                                       restart_timeout)
+    state = RecoverState.load(state_path or default_state, inventory_digest(hosts))
+
+    def progress(node: str, step: str, message: str) -> None:
+        console.print(f"[{time.monotonic() - start:6.1f}s] {node:<12} {step:<24} {message}")
+
+    run = recover(hosts, connect, now=now, state=state, pre=pre, within=within, options=options, timeouts=timeouts,
+                  progress=progress, **validity)
+    console.print("")
+    for p in run.phases:
+        console.print(f"{p.name:<14} {'ok' if p.ok else 'FAILED':<7} {p.seconds:6.1f}s  {p.detail}")
+    phases = {"preflight": took, **run.seconds}
+    console.print("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in phases.items())
+                  + f"; total {time.monotonic() - start:.1f}s")
+    if run.backups:
+        console.print("backups: " + ", ".join(f"{n} {b}" for n, b in sorted(run.backups.items()))
+                      + " (kubecert rollback --backup ID on that node restores one)")
+    if run.exit_code == 5:
+        failed = next(p for p in run.phases if not p.ok)
+        fail(f"recovery stopped in phase {failed.name}: {failed.detail}; nothing was rolled back; fix it and "
+             f"re-run to continue (state: {state.path})", 5)
+    if run.exit_code == 6:
+        left = ", ".join(n.name for n in pre.unreachable)
+        fail(f"partial: {left} could not be reached and was left out; the rest is recovered; re-run when it is "
+             f"reachable (state: {state.path})", 6)
+    console.print(f"recovered: {len(run.preflight.reachable)} node(s) in {time.monotonic() - start:.1f}s")
+
+
+def _print_preflight(pre: Any, now: Any, console: Any) -> None:
+    from ..report.text import tabwrite
+
+    console.print(f"PREFLIGHT (operator's clock {now:%Y-%m-%dT%H:%M:%SZ}; CA keys held in memory from "
+                  + (", ".join(f"{ca} on {n}" for ca, n in pre.signers_from.items()) or "no node") + ")")
+    lines = ["NODE\tROLE\tCLOCK\tEXPIRED\tNOT YET VALID\tCA KEYS\tETCD MEMBER\tETCD DATA\tTO RENEW"]
+    for n in pre.nodes:
+        if n.error is not None:
+            lines.append(f"{n.name}\t{n.role}\tUNREACHABLE: {n.error}\t\t\t\t\t\t")
+            continue
+        clock = "unknown" if n.skew is None else f"{int(round(n.skew)):+d}s"
+        member = f"{n.etcd_member} of {len(n.etcd_peers)}" if n.etcd_member else "-"
+        todo = "?" if n.plan is None else str(len(n.plan.renewed))
+        lines.append(f"{n.name}\t{n.role}\t{clock}\t{len(n.expired)}\t{len(n.not_yet_valid)}\t"
+                     f"{','.join(n.ca_keys) or '-'}\t{member}\t{n.etcd_data or '-'}\t{todo}"
+                     + ("\t(an interrupted change: finished first)" if n.interrupted else ""))
+    console.print(tabwrite(lines).rstrip("\n"))
+    for r in pre.refusals:
+        console.print(f"REFUSED {r}")

@@ -23,10 +23,12 @@ def lab() -> None:
 @click.option("--expired", is_flag=True, help="Every leaf already expired (CAs still valid).")
 @click.option("--expires-in", "expires_in", metavar="DURATION",
               help="Leafs expire this long after --now, e.g. 5d or 10m.")
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(0, 1000),
+              help="Worker nodes (kubelet.conf, pki/ca.crt, the kubelet's pki) besides the control planes.")
 @click.option("--key-type", type=click.Choice(["rsa", "ecdsa"]), default="rsa", show_default=True)
 @now_option
 @handle_errors
-def lab_create(directory: str, nodes: int, topology: str, expired: bool, expires_in: Optional[str],
+def lab_create(directory: str, nodes: int, topology: str, workers: int, expired: bool, expires_in: Optional[str],
                key_type: str, now_text: Optional[str]) -> None:
     """Write a lab cluster: one rootfs per node under DIRECTORY."""
     if expired and expires_in:
@@ -40,7 +42,7 @@ def lab_create(directory: str, nodes: int, topology: str, expired: bool, expires
     elif expires_in:
         lifetime = parse_duration(expires_in)
     result = create(directory, LabSpec(nodes=nodes, topology=topology, key_type=key_type,
-                                       leaf_lifetime=lifetime), now=now)
+                                       leaf_lifetime=lifetime, workers=workers), now=now)
     for node in result.nodes:
         click.echo(f"{node.name:10} {node.role:14} {node.root}")
     click.echo(f"lab written to {result.directory} ({len(result.nodes)} nodes, {topology}); "

@@ -68,7 +68,9 @@ def context(creds: Creds, verify: bool = True) -> ssl.SSLContext:
 
 
 def request(ep: Endpoint, creds: Creds, *, method: str = "GET", path: Optional[str] = None,
-            body: Optional[bytes] = None, timeout: float = 5.0, verify: bool = True) -> Response:
+            body: Optional[bytes] = None, timeout: float = 5.0, verify: bool = True,
+            limit: int = 1 << 16) -> Response:
+    """One HTTP(S) request; at most ``limit`` bytes of the body are read."""
     start = time.monotonic()
     try:
         conn: http.client.HTTPConnection
@@ -85,7 +87,7 @@ def request(ep: Endpoint, creds: Creds, *, method: str = "GET", path: Optional[s
             headers = {"Content-Type": "application/json"} if body is not None else {}
             conn.request(method, path or ep.path, body=body, headers=headers)
             resp = conn.getresponse()
-            data = resp.read(1 << 16)
+            data = resp.read(limit)
             return Response(resp.status, data, served, time.monotonic() - start)
         finally:
             conn.close()

@@ -43,6 +43,18 @@ class GateResult:
     attempts: int
 
 
+Forward = Callable[[str, int], Tuple[str, int]]  # node-side (host, port) -> where to connect from here
+
+
+def _loopback(ep: Endpoint) -> bool:
+    return ep.host in ("127.0.0.1", "localhost", "::1")
+
+
+def _through(ep: Endpoint, forward: Forward) -> Endpoint:
+    host, port = forward(ep.host, ep.port)
+    return Endpoint(ep.component, ep.scheme, host, port, ep.path, f"{ep.source} (forwarded over SSH)")
+
+
 def _at(ep: Endpoint, address: str) -> Endpoint:
     if ep.host in ("127.0.0.1", "localhost", "::1"):
         return Endpoint(ep.component, ep.scheme, address, ep.port, ep.path, f"{ep.source} (at {address})")
@@ -53,15 +65,19 @@ class Verifier:
     """Probes one node's components using the node's own files."""
 
     def __init__(self, fs: NodeFS, facts: Optional[NodeFacts] = None, timeout: float = 5.0,
-                 address: Optional[str] = None, gated: Optional[Sequence[str]] = None) -> None:
+                 address: Optional[str] = None, gated: Optional[Sequence[str]] = None,
+                 forward: Optional[Forward] = None, forwarded: Sequence[str] = (spec.KUBELET,)) -> None:
         """``address``: probe a remote node there instead of its loopback addresses. ``gated``:
-        the components whose gate probes the network (the others rely on their restart result)."""
+        the components whose gate probes the network (the others rely on their restart result).
+        ``forward``: how to reach what the node serves on its own loopback only (an SSH port
+        forward), used for the ``forwarded`` components (the kubelet's healthz binds 127.0.0.1)."""
         self.fs = fs
         self.facts = facts or gather(fs)
         self.layout = L.Layout(self.facts.pki_dir)
         self.endpoints: Dict[str, Endpoint] = discover(fs, self.facts)
         if address:
-            self.endpoints = {c: _at(ep, address) for c, ep in self.endpoints.items()}
+            self.endpoints = {c: _through(ep, forward) if forward is not None and c in forwarded and _loopback(ep)
+                              else _at(ep, address) for c, ep in self.endpoints.items()}
         self.gated = tuple(gated) if gated is not None else None
         self.timeout = timeout
 

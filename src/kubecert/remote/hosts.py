@@ -11,9 +11,9 @@ and ``{{ var }}`` references to plain variables (anything richer in Jinja is ref
 What an inventory may cost is bounded, each limit a one-line :class:`ConfigError`: the file is a
 regular file of at most :data:`kubecert.yamlsafe.MAX_BYTES` bytes (YAML also at most
 :data:`kubecert.yamlsafe.MAX_NODES` values, aliases counted), at most :data:`MAX_INVENTORY_HOSTS`
-hosts after range expansion, :data:`MAX_CLUSTER_HOSTS` control-plane and etcd hosts to reach, groups
-nested at most :data:`MAX_GROUP_DEPTH` deep, and a value at most :data:`MAX_RENDERED` characters
-once its ``{{ var }}`` references are substituted.
+hosts after range expansion, :data:`MAX_CLUSTER_HOSTS` control-plane and etcd hosts and
+:data:`MAX_WORKER_HOSTS` workers to reach, groups nested at most :data:`MAX_GROUP_DEPTH` deep, and a
+value at most :data:`MAX_RENDERED` characters once its ``{{ var }}`` references are substituted.
 """
 
 from __future__ import annotations
@@ -33,16 +33,20 @@ from ..errors import ConfigError
 
 CONTROL_PLANE = "control-plane"
 ETCD = "etcd"
-ROLES = (CONTROL_PLANE, ETCD)
+WORKER = "worker"
+ROLES = (CONTROL_PLANE, ETCD, WORKER)
+_ROLE_ORDER = {ETCD: 0, CONTROL_PLANE: 1, WORKER: 2}
 
 # Ansible group names recognised by default (kubespray + common)
 CP_GROUPS = ("kube_control_plane", "control_plane", "masters", "kube-master", "kube_master")
 ETCD_GROUPS = ("etcd",)
+WORKER_GROUPS = ("kube_node", "workers", "kube-node")
 
 KIND = "KubecertInventory"
 
 MAX_INVENTORY_HOSTS = 100_000  # hosts in the whole inventory, workers included, after range expansion
 MAX_CLUSTER_HOSTS = 1000  # control planes and etcd hosts to reach (a real cluster has a handful)
+MAX_WORKER_HOSTS = 20_000  # workers to reach (most of a big cluster)
 MAX_GROUP_DEPTH = 100  # groups nested in groups
 MAX_RENDERED = 65536  # characters of a value after {{ var }} substitution
 
@@ -53,7 +57,7 @@ class Host:
 
     name: str
     address: str
-    role: str  # "control-plane" | "etcd"
+    role: str  # "control-plane" | "etcd" | "worker"
     user: str = "root"
     port: int = 22
     key: Optional[str] = None  # private key file (expanded ~)
@@ -63,11 +67,15 @@ class Host:
     etcd_member: bool = False  # runs an etcd member: every etcd host, and control planes in the etcd group
 
 
-def load_inventory(path: str, *, cp_group: Optional[str] = None, etcd_group: Optional[str] = None) -> List[Host]:
-    """Read a kubecert or Ansible (INI or YAML) inventory: etcd-only hosts first, then control planes, in file order.
+def load_inventory(path: str, *, cp_group: Optional[str] = None, etcd_group: Optional[str] = None,
+                   worker_group: Optional[str] = None) -> List[Host]:
+    """Read a kubecert or Ansible (INI or YAML) inventory: etcd-only hosts first, then control planes,
+    then workers, in file order.
 
-    ``cp_group`` / ``etcd_group`` name the Ansible groups; by default the first of :data:`CP_GROUPS`
-    that has hosts, and ``etcd`` if present (no etcd group: etcd is stacked, nothing extra to reach).
+    ``cp_group`` / ``etcd_group`` / ``worker_group`` name the Ansible groups; by default the first of
+    :data:`CP_GROUPS` that has hosts, ``etcd`` if present (no etcd group: etcd is stacked, nothing
+    extra to reach) and the first of :data:`WORKER_GROUPS` that has hosts (kubespray's ``kube_node``
+    also lists control planes that run pods: those stay control planes).
     Raises :class:`ConfigError` naming the file, and the line and host where there is one.
     """
     src = _Src(path)
@@ -84,21 +92,31 @@ def load_inventory(path: str, *, cp_group: Optional[str] = None, etcd_group: Opt
             raise src.error("not an inventory: expected a kubecert `hosts:` list, Ansible groups (YAML) "
                             "or [group] sections (INI)", doc.line_of(data) or 1)
         elif _is_kubecert(data):
-            if cp_group is not None or etcd_group is not None:
-                raise src.error("--cp-group/--etcd-group apply to Ansible inventories; this kubecert inventory "
-                                "gives each host's role")
+            if cp_group is not None or etcd_group is not None or worker_group is not None:
+                raise src.error("--cp-group/--etcd-group/--worker-group apply to Ansible inventories; this "
+                                "kubecert inventory gives each host's role")
             return _order(_kubecert_hosts(data, doc, src), src)
         else:
             inv = _parse_ansible_yaml(data, doc, src)
-    return _order(_ansible_hosts(inv, src, cp_group, etcd_group), src)
+    return _order(_ansible_hosts(inv, src, cp_group, etcd_group, worker_group), src)
 
 
 def _order(hosts: Sequence[Host], src: _Src) -> List[Host]:
-    if len(hosts) > MAX_CLUSTER_HOSTS:
-        raise src.error(f"{len(hosts)} control-plane and etcd hosts, more than {MAX_CLUSTER_HOSTS} hosts in one "
-                        "cluster; a wrong group or range?")
+    cluster = sum(h.role != WORKER for h in hosts)
+    _check_limits(cluster, len(hosts) - cluster, src)
     # sorted() is stable: file order within each role
-    return sorted(hosts, key=lambda h: 0 if h.role == ETCD else 1)
+    return sorted(hosts, key=lambda h: _ROLE_ORDER[h.role])
+
+
+def _check_limits(cluster: int, workers: int, src: _Src) -> None:
+    """Refuse more than :data:`MAX_CLUSTER_HOSTS` control-plane and etcd hosts, or more than
+    :data:`MAX_WORKER_HOSTS` workers (two limits: workers are most of a big cluster)."""
+    if cluster > MAX_CLUSTER_HOSTS:
+        raise src.error(f"{cluster} control-plane and etcd hosts, more than {MAX_CLUSTER_HOSTS} hosts in one "
+                        "cluster; a wrong group or range?")
+    if workers > MAX_WORKER_HOSTS:
+        raise src.error(f"{workers} workers, more than {MAX_WORKER_HOSTS} in one cluster; a wrong "
+                        "group or range?")
 
 
 # ---------------------------------------------------------------------------------------- errors
@@ -381,13 +399,15 @@ def _kubecert_hosts(data: Dict[Any, Any], doc: _Doc, src: _Src) -> List[Host]:
         address = _text(entry["address"], "address", where("address"))
         role = entry.get("role")
         if role is None:
-            raise _Where(src, line, name).error("no role (control-plane or etcd)")
+            raise _Where(src, line, name).error("no role (control-plane, etcd or worker)")
         if role not in ROLES:
-            raise where("role").error(f"unknown role {_show(role)} (control-plane or etcd)")
+            raise where("role").error(f"unknown role {_show(role)} (control-plane, etcd or worker)")
         merged = {**defaults, **entry}
         etcd_member = _bool(merged.get("etcd_member", role == ETCD), "etcd_member", where("etcd_member"))
         if role == ETCD and not etcd_member:
             raise where("etcd_member").error("an etcd host is always an etcd member")
+        if role == WORKER and etcd_member:
+            raise where("etcd_member").error("a worker runs no etcd member (make it an etcd host)")
         hosts.append(Host(
             name=name,
             address=address,
@@ -915,9 +935,10 @@ def _real_groups(inv: _Inventory) -> str:
     return ", ".join(names) if names else "none"
 
 
-def _ansible_hosts(inv: _Inventory, src: _Src, cp_group: Optional[str], etcd_group: Optional[str]) -> List[Host]:
+def _ansible_hosts(inv: _Inventory, src: _Src, cp_group: Optional[str], etcd_group: Optional[str],
+                   worker_group: Optional[str] = None) -> List[Host]:
     tree = _Tree(inv, src)
-    for flag, named in (("--cp-group", cp_group), ("--etcd-group", etcd_group)):
+    for flag, named in (("--cp-group", cp_group), ("--etcd-group", etcd_group), ("--worker-group", worker_group)):
         if named is not None and named not in inv.groups:
             raise src.error(f"no group {named!r} ({flag}); groups here: {_real_groups(inv)}")
 
@@ -938,12 +959,24 @@ def _ansible_hosts(inv: _Inventory, src: _Src, cp_group: Optional[str], etcd_gro
     else:
         etcd = next((tree.hosts(g) for g in ETCD_GROUPS if g in inv.groups), [])
 
+    if worker_group is not None:
+        workers = tree.hosts(worker_group)
+        if not workers:
+            raise src.error(f"no hosts in group {worker_group} (--worker-group)")
+    else:
+        workers = next((hs for hs in (tree.hosts(g) for g in WORKER_GROUPS if g in inv.groups) if hs), [])
+
+    members, cp_set = set(etcd), set(cps)  # sets: groups may hold up to MAX_INVENTORY_HOSTS hosts
+    etcd_only = [name for name in etcd if name not in cp_set]
+    # kubespray lists schedulable control planes (and etcd hosts that run pods) in kube_node too
+    workers = [name for name in workers if name not in cp_set and name not in members]
+    _check_limits(len(etcd_only) + len(cps), len(workers), src)  # before the work per host
     hosts: List[Host] = []
-    members = set(etcd)
-    for name in etcd:
-        if name not in cps:
-            hosts.append(_ansible_host(name, ETCD, True, _host_vars(tree, name, src), inv.host_lines[name], src))
+    for name in etcd_only:
+        hosts.append(_ansible_host(name, ETCD, True, _host_vars(tree, name, src), inv.host_lines[name], src))
     for name in cps:
         hosts.append(_ansible_host(name, CONTROL_PLANE, name in members, _host_vars(tree, name, src),
                                    inv.host_lines[name], src))
+    for name in workers:
+        hosts.append(_ansible_host(name, WORKER, False, _host_vars(tree, name, src), inv.host_lines[name], src))
     return hosts

@@ -400,6 +400,19 @@ class Connection:
         except TransportError as exc:
             return CommandResult(tuple(argv), 255, "", f"ssh: {exc}", time.monotonic() - start)
 
+    # -- ports -------------------------------------------------------------------------------------
+    def forward(self, host: str, port: int) -> Tuple[str, int]:
+        """A local port on 127.0.0.1 forwarded through this connection to ``host:port`` as the node
+        sees it (SSH direct-tcpip, as ``ssh -L``): how the operator's machine reaches what a node
+        serves on its own loopback only, e.g. the kubelet's healthz. Open until :meth:`close`."""
+        conn = self._require()
+
+        async def listen() -> int:
+            listener = await conn.forward_local_port("127.0.0.1", 0, host, port)
+            return int(listener.get_port())
+
+        return "127.0.0.1", call(listen(), self.connect_timeout + 5, f"{self.label}: forward to {host}:{port}")
+
     # -- files -------------------------------------------------------------------------------------
     def fs(self) -> SFTPFS:
         """The host's file system under ``host.root`` over SFTP (started on first use)."""

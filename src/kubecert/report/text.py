@@ -123,10 +123,11 @@ def audit_section(report: NodeReport) -> str:
 
 
 def render(report: NodeReport, summary: Optional[str] = None) -> str:
-    parts = [kubeadm_tables(report)]
+    # kubeadm has nothing to show on a worker: only kubecert's own rows
+    parts = [] if report.profile.is_worker else [kubeadm_tables(report)]
     extra = extras_table(report)
     if extra:
-        parts.append("\n" + extra)
+        parts.append(("\n" if parts else "") + extra)
     parts.append("\n" + audit_section(report))
     if summary:
         parts.append(summary + "\n")
