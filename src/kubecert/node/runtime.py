@@ -172,7 +172,13 @@ class CRIAdapter(Adapter):
         if self.strategy == "manifest":
             return self._bounce(component, log, deadline, old_ids, result)
         if not old_ids:
-            return result(False, f"no running {component} container to restart")
+            # crash-looping (or between two attempts): the kubelet starts it again by itself, and a
+            # container started from now on reads the files as they are now
+            new = self._wait(component, log, deadline, [])
+            if new is None:
+                return result(False, f"no running {component} container to restart, and the kubelet started "
+                                     f"none within {timeout:.0f}s")
+            return result(True, f"was not running; the kubelet started {_short(new)}", None, new)
         if self.cli == "crictl":
             r = log.run(["crictl", "stop", *old_ids], timeout)
         else:
