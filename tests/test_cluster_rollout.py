@@ -1,8 +1,9 @@
 """Rolling renewal of a real 3-member etcd cluster + 3 real control planes (kube-apiserver,
 controller-manager, scheduler v1.20.2; the kubelet is the fake one, a real kubelet needs a container
 runtime), one node at a time, with load generators writing and reading through etcd and through
-every kube-apiserver throughout (the transport here is local; the same
-orchestration runs over SSH in test_remote_cluster.py)."""
+every kube-apiserver throughout (the transport here is local, as `cluster renew --local` on a lab;
+the same orchestration runs over SSH in test_netns_cluster.py, which also stops at a failing node,
+rolls it back and resumes)."""
 
 from __future__ import annotations
 
@@ -58,26 +59,3 @@ def test_rolling_renewal_with_zero_failed_requests(tmp_path: Path) -> None:
             assert cl.nodes[h.name].served_fingerprint(cl.ports[h.name].apiserver) == \
                 _fp(cl.pki(h.name, "apiserver.crt"))
         assert not Path(state.path).exists(), "a finished rollout leaves no state behind"
-
-
-def test_stops_at_the_failing_node_rolls_it_back_and_resumes(tmp_path: Path) -> None:
-    with three_masters(tmp_path) as cl:
-        now = dt.datetime.now(dt.timezone.utc)
-        before = {h.name: _fp(cl.pki(h.name, "apiserver.crt")) for h in cl.hosts}
-        cl.nodes["master-2"].fail_start("etcd")  # master-2's etcd will not come back
-        state = RunState(str(tmp_path / "state.json"), inventory_digest(cl.hosts))
-        run = cluster_renew(cl.hosts, cl.connect, now=now, state=state,
-                            timeouts=Timeouts(default_gate=90, gates={"etcd": 10}, restart=30))
-        status = {n.name: n.status for n in run.nodes}
-        assert status == {"master-1": "done", "master-2": "failed", "master-3": "not-started"}, run.nodes
-        assert _fp(cl.pki("master-1", "apiserver.crt")) != before["master-1"]
-        assert _fp(cl.pki("master-2", "apiserver.crt")) == before["master-2"], "master-2 rolled back"
-        assert _fp(cl.pki("master-3", "apiserver.crt")) == before["master-3"], "master-3 untouched"
-        assert RunState.load(state.path, state.inventory).done == ["master-1"]
-        # the operator fixes master-2; the re-run resumes: master-1 is skipped
-        cl.nodes["master-2"].fail_start("etcd", on=False)
-        cl.nodes["master-2"].wait_ready(120)
-        again = cluster_renew(cl.hosts, cl.connect, now=now, state=RunState.load(state.path, state.inventory),
-                              timeouts=Timeouts(default_gate=90))
-        assert {n.name: n.status for n in again.nodes} == {"master-1": "skipped", "master-2": "done",
-                                                           "master-3": "done"}, again.nodes

@@ -108,7 +108,7 @@ def test_rolling_renewal_over_ssh_with_zero_failed_requests(net: NetLab) -> None
         time.sleep(0.5)
         before, api_before = load.ok, api.ok
         start = time.monotonic()
-        r = cluster(net, "renew", "--yes", "--gate-timeout", "90", "--state", str(state), timeout=240)
+        r = cluster(net, "renew", "--yes", "--gate-timeout", "90", "--state", str(state), timeout=360)
         took = time.monotonic() - start
         time.sleep(0.5)
     rows = summary(r)

@@ -21,6 +21,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -237,6 +238,35 @@ def test_expired_lab_fails_the_check_before_renew_and_passes_after(tmp_path: Pat
         _ok(kubecert(node.env, "renew", "all", "--root", str(root), "--yes", "--restart", "--gate-timeout", "120"))
         node.wait_ready(READY)
         assert problems(node, tmp_path / "kc-after", "master-1") == []
+
+
+def test_this_node_recovers_an_expired_single_master(tmp_path: Path) -> None:
+    """`cluster recover --this-node` on the master itself (no inventory, no SSH): the expired node is
+    renewed and cold-started; its kubelet registers its Node again, Ready, with kubelet.conf."""
+    root, _ = lab_node(tmp_path / "lab", "--expired")
+    runtime_socket(root, "containerd")
+    with running_node(root, tmp_path / "run", wait_ready=False, wait_started=False, register_node=True) as node:
+        node.install_unit_file("kubelet")
+        # the kubelet exits at start, as the real one does with an expired client cert: nothing runs
+        deadline = time.monotonic() + 20
+        while node.unit_pid("kubelet") is not None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert node.unit_pid("kubelet") is None and "unable to load bootstrap kubeconfig" in \
+            (node.state / "units/kubelet.log").read_text()
+        assert problems(node, tmp_path / "kc-before", "master-1")
+        r = _ok(kubecert(node.env, "cluster", "recover", "--this-node", "--root", str(root), "--yes",
+                         "--gate-timeout", "120"))
+        assert re.search(r"^recovered: 1 node\(s\)", r.stdout, re.M), r.stdout
+        for phase in ("etcd", "control-plane", "kubelet"):
+            assert re.search(rf"^{phase}\s+ok\s", r.stdout, re.M), r.stdout
+        node.wait_ready(READY)
+        assert problems(node, tmp_path / "kc-after", "master-1") == []
+        admin = realcp.local_kubeconfig(root, "admin.conf", tmp_path / "kc-node")
+        got = realcp.kubectl(admin, "get", "node", "master-1", "-o", "json")
+        assert got.returncode == 0, got.stderr
+        ready = [c for c in yaml.safe_load(got.stdout)["status"]["conditions"] if c["type"] == "Ready"]
+        assert ready and ready[0]["status"] == "True", ready
+        assert not (root / "etc/kubernetes/.kubecert/cluster-recover.json").exists()
 
 
 def _fingerprint(path: Path) -> str:

@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Dict
 
 import pytest
+import yaml
 
 from kubecert import renew as R
 from kubecert.cluster import local_connect
 from kubecert.cluster.recover import RecoverState, preflight
 from kubecert.cluster.workers import batch_size, kubelet_node_name
+from kubecert.errors import KubecertError
 from kubecert.lab import LabSpec, create
 from kubecert.remote.hosts import load_inventory
 from kubecert.store import LocalFS
@@ -128,12 +130,61 @@ def test_preflight_reports_an_unreachable_node_and_the_rest(expired: Path) -> No
 def test_state_file_round_trip(tmp_path: Path) -> None:
     path = str(tmp_path / "s.json")
     st = RecoverState(path, "digest-a")
-    st.renewed, st.backups, st.phases = ["m1"], {"m1": "20261201T000000Z-1"}, {"etcd": ["m1"]}
+    st.renewed, st.backups, st.phases = ["m1"], {"m1": ["20261201T000000Z-1"]}, {"etcd": ["m1"]}
     st.save()
     assert oct(os.stat(path).st_mode & 0o777) == "0o600"
     back = RecoverState.load(path, "digest-a")
     assert (back.renewed, back.backups, back.passed("etcd", "m1"), back.passed("kubelet", "m1")) == \
-        (["m1"], {"m1": "20261201T000000Z-1"}, True, False)
+        (["m1"], {"m1": ["20261201T000000Z-1"]}, True, False)
     assert RecoverState.load(path, "another inventory").renewed == []  # another cluster: start afresh
     (tmp_path / "s.json").write_text("{not json")
     assert RecoverState.load(path, "digest-a").renewed == []
+    # a state dir another user can write to is refused; a planted link at the name is never followed
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(KubecertError, match="another user can write there"):
+        RecoverState(str(shared / "s.json"), "d").save()
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    os.symlink(victim, tmp_path / "planted.json")
+    assert RecoverState.load(str(tmp_path / "planted.json"), "d").renewed == []
+    RecoverState(str(tmp_path / "planted.json"), "d").save()
+    assert victim.read_text() == "precious" and not (tmp_path / "planted.json").is_symlink()
+
+
+def test_a_worker_cannot_get_another_identity_signed(expired: Path) -> None:
+    """Root on a worker plants the apiserver's public kubelet-client cert (O=system:masters) as its
+    kubelet cert: signing it with the control plane's ca.key would hand the worker cluster-admin.
+    Refused (preflight, before anything changes), and so is a node cert whose key is not there."""
+    before = trees(expired)
+    pki = expired / "worker-1/var/lib/kubelet/pki"
+    dated = pki / os.path.basename(os.readlink(pki / "kubelet-client-current.pem"))  # node-absolute link
+    planted = (expired / "master-1/etc/kubernetes/pki/apiserver-kubelet-client.crt").read_bytes()
+    dated.write_bytes(planted)  # the cert only: nobody here has its key
+    r = kubecert("cluster", "recover", "-i", str(expired / "inventory.yaml"), "--local", "--dry-run")
+    err = r.stderr.strip()
+    assert r.returncode == 3 and len(err.splitlines()) == 1, r.stderr
+    assert "worker-1" in err and "does not hold the certificate's private key" in err, err
+    # worker-2's own node cert, but with worker-1's key: not the key of that cert either
+    pki2 = expired / "worker-2/var/lib/kubelet/pki"
+    own = (pki2 / os.path.basename(os.readlink(pki2 / "kubelet-client-current.pem"))).read_bytes()
+    cert_only = own.split(b"-----END CERTIFICATE-----")[0] + b"-----END CERTIFICATE-----\n"
+    other_key = (pki / "kubelet.key").read_bytes()
+    dated.write_bytes(cert_only + other_key)
+    r = kubecert("cluster", "recover", "-i", str(expired / "inventory.yaml"), "--local", "--dry-run")
+    assert r.returncode == 3 and "worker-1" in r.stderr and "private key" in r.stderr, r.stderr
+    after = trees(expired)
+    assert {k: v for k, v in after.items() if k != "worker-1"} == {k: v for k, v in before.items() if k != "worker-1"}
+
+
+def test_what_nothing_can_renew_is_refused(expired: Path, tmp_path: Path) -> None:
+    """An inventory of workers only: no node keeps ca.key, so their expired kubelet certs cannot be
+    renewed; preflight says so instead of "recovering" them."""
+    inv = tmp_path / "workers.yaml"
+    hosts = [h for h in yaml.safe_load((expired / "inventory.yaml").read_text())["hosts"] if h["role"] == "worker"]
+    inv.write_text(yaml.safe_dump({"kind": "KubecertInventory", "hosts": hosts}))
+    r = kubecert("cluster", "recover", "-i", str(inv), "--local", "--yes")
+    err = r.stderr.strip()
+    assert r.returncode == 3 and len(err.splitlines()) == 1, r.stderr
+    assert "worker-1: kubelet.conf expires" in err and "cannot be renewed" in err, err

@@ -86,6 +86,7 @@ class _CA:
     cert: x509.Certificate
     key: Optional[x509ops.PrivateKey]
     path: str
+    lent: bool = False  # the key is another node's (cluster mode): this node never held it
 
 
 @dataclass
@@ -141,6 +142,8 @@ def _load_cas(ctx: _Ctx, names: Sequence[str], signers: Optional[Signers] = None
             # cluster mode: the key of the same CA, read from the node that keeps it
             if x509ops.fingerprint(signer[0]) == x509ops.fingerprint(cert):
                 key = signer[1]
+                ctx.cas[name] = _CA(cert, key, cpath, lent=True)
+                continue
             else:
                 ctx.warnings.append(f"{name}: this node's {ctx.fs.display(cpath)} is not the CA whose key "
                                     "kubecert holds; its leafs are left alone")
@@ -174,14 +177,17 @@ def _differences(old: x509.Certificate, new: x509.Certificate) -> Tuple[str, ...
 
 
 def _new_cert(ctx: _Ctx, e: spec.Entry, old: x509.Certificate, old_key: Optional[x509ops.PrivateKey],
-              source: str) -> Tuple[x509.Certificate, x509ops.PrivateKey, bool, PlanItem]:
-    """Re-issue ``old``; returns (cert, key, key_is_new, plan item without writes)."""
+              source: str, held: Optional[bytes] = None) -> Tuple[x509.Certificate, x509ops.PrivateKey, bool, PlanItem]:
+    """Re-issue ``old``; returns (cert, key, key_is_new, plan item without writes). ``held``: the
+    private key (PEM) the node keeps for ``old``, checked when the CA key is lent (see _check_lent)."""
     assert e.ca is not None
     ca = ctx.cas[e.ca]
     assert ca.key is not None
     if not x509ops.signed_by(old, ca.cert):
         raise PKIError(f"{source}: not signed by {e.ca} ({ctx.fs.display(ca.path)}); refusing to re-issue a "
                        f"certificate from another CA. Renew the others by naming them: kubecert renew NAME ...")
+    if ca.lent:
+        _check_lent(e, old, held, source)
     if ctx.key_mode == "reuse":
         if old_key is None:
             raise PKIError(f"{source}: no private key to reuse; use --key new")
@@ -202,6 +208,31 @@ def _new_cert(ctx: _Ctx, e: spec.Entry, old: x509.Certificate, old_key: Optional
                     key=f"{'new' if key_new else 'reused'} {x509ops.key_description(key)}", capped=capped,
                     differences=_differences(old, new), components=e.components)
     return new, key, key_new, item
+
+
+def _check_lent(e: spec.Entry, old: x509.Certificate, held: Optional[bytes], source: str) -> None:
+    """Signing with a CA key this node does not keep: re-issue only an identity the node already holds
+    (the private key of ``old`` is here and matches it) and only of the shape kubeadm gives this entry
+    (subject, usages, not a CA). Whoever is root on a worker could otherwise plant a public
+    certificate (the apiserver's kubelet client cert: system:masters) and be handed a key for it."""
+    refuse = f"{source}: refusing to re-issue it with {e.ca}'s key from another node"
+    key = None
+    if held is not None and b"PRIVATE KEY-----" in held:
+        try:
+            key = x509ops.load_key(held, source)
+        except KubecertError:
+            key = None
+    if key is None or not x509ops.key_matches_cert(old, key):
+        raise PKIError(f"{refuse}: this node does not hold the certificate's private key")
+    cn, orgs = x509ops.common_name(old.subject), x509ops.organizations(old.subject)
+    if "{node}" in e.cn:
+        prefix = e.cn.split("{node}", 1)[0]
+        shape_ok = cn.startswith(prefix) and len(cn) > len(prefix)
+    else:
+        shape_ok = cn == e.cn
+    if not shape_ok or orgs not in e.orgs or set(x509ops.ekus(old)) != set(e.eku) or x509ops.is_ca_cert(old):
+        raise PKIError(f"{refuse}: its subject {old.subject.rfc4514_string()!r} or usages are not those of "
+                       f"{e.name} (CN={e.cn}, O={','.join(e.orgs[0]) or '-'})")
 
 
 def _when(t: dt.datetime) -> str:
@@ -314,9 +345,10 @@ def _plan_leaf(ctx: _Ctx, e: spec.Entry) -> PlanItem:
     if reason:
         return PlanItem(e.name, "skip", reason, path=ctx.fs.display(cpath), old_not_after=_not_after_of(ctx, cpath))
     old = x509ops.load_cert(ctx.fs.read(cpath), ctx.fs.display(cpath))
-    old_key = (x509ops.load_key(ctx.fs.read(kpath), ctx.fs.display(kpath))
-               if ctx.key_mode == "reuse" and ctx.fs.exists(kpath) else None)
-    new, key, key_new, item = _new_cert(ctx, e, old, old_key, ctx.fs.display(cpath))
+    held = ctx.fs.read(kpath) if ctx.fs.exists(kpath) else None
+    old_key = (x509ops.load_key(held, ctx.fs.display(kpath))
+               if ctx.key_mode == "reuse" and held is not None else None)
+    new, key, key_new, item = _new_cert(ctx, e, old, old_key, ctx.fs.display(cpath), held)
     _write_pair(ctx, cpath, kpath, new, key if key_new else None)
     return item
 
@@ -341,7 +373,7 @@ def _plan_kubeconfig(ctx: _Ctx, e: spec.Entry, explicit: bool) -> Tuple[PlanItem
     shown = ctx.fs.display(path)
     reason = _skip_reason(ctx, e)
     if reason:
-        return PlanItem(e.name, "skip", reason, path=shown), None
+        return PlanItem(e.name, "skip", reason, path=shown, old_not_after=_current_not_after(ctx, e)), None
     raw = ctx.fs.read(path)
     kc = parse_kubeconfig(raw, shown)
     if kc.client_cert_data is None:
@@ -351,7 +383,7 @@ def _plan_kubeconfig(ctx: _Ctx, e: spec.Entry, explicit: bool) -> Tuple[PlanItem
     old = x509ops.load_cert(kc.client_cert_data, f"{shown} client-certificate-data")
     old_key = (x509ops.load_key(kc.client_key_data, f"{shown} client-key-data")
                if kc.client_key_data and ctx.key_mode == "reuse" else None)
-    new, key, _, item = _new_cert(ctx, e, old, old_key, shown)
+    new, key, _, item = _new_cert(ctx, e, old, old_key, shown, kc.client_key_data)
     ca_pem = ctx.fs.read(ctx.cas["ca"].path)
     cert_pem, key_pem = x509ops.cert_pem(new), x509ops.key_pem(key)
     data = rewrite_kubeconfig(raw, kc.user_name, cert_pem, key_pem, ca_pem, kc.cluster_name, shown)
@@ -377,7 +409,7 @@ def _plan_kubelet_file(ctx: _Ctx, e: spec.Entry, kc: Kubeconfig, explicit: bool)
     if not explicit and left > ctx.kubelet_within:
         return PlanItem(e.name, "skip", f"the kubelet rotates {shown} itself; valid for {left.days} more days "
                         "(name kubelet.conf to force)", path=shown, old_not_after=x509ops.not_after(old))
-    new, key, _, item = _new_cert(ctx, e, old, old_key, shown)
+    new, key, _, item = _new_cert(ctx, e, old, old_key, shown, data)
     link = ctx.fs.readlink(src)
     dated = f"{L.KUBELET_PKI_DIR}/kubelet-client-{ctx.now:%Y-%m-%d-%H-%M-%S}.pem"
     _, uid, gid = _mode_of(ctx.fs, src, 0o600)
@@ -437,10 +469,12 @@ def plan(fs: NodeFS, names: Sequence[str], *, now: dt.datetime, days: int = 365,
     if within is not None:
         keep = []
         for name in targets:
-            not_after = None if name in explicit else _current_not_after(ctx, spec.entry(name))
-            if not_after is not None and not_after - now > within:
-                later.append(PlanItem(name, "skip", f"valid until {_when(not_after)}, beyond --within",
-                                      path=fs.display(_entry_path(ctx, spec.entry(name))), old_not_after=not_after))
+            validity = None if name in explicit else _current_validity(ctx, spec.entry(name))
+            # due: expires within it, has expired, or is not valid yet (at the real clock)
+            if validity is not None and validity[1] - now > within and validity[0] <= ctx.clock:
+                later.append(PlanItem(name, "skip", f"valid until {_when(validity[1])}, beyond --within",
+                                      path=fs.display(_entry_path(ctx, spec.entry(name))),
+                                      old_not_after=validity[1]))
             else:
                 keep.append(name)
         targets = keep
@@ -478,25 +512,35 @@ def _entry_path(ctx: _Ctx, e: spec.Entry) -> str:
     return ctx.layout.kubeconfig(e.path) if e.kind is spec.Kind.KUBECONFIG else ctx.layout.cert(e)
 
 
-def _current_not_after(ctx: _Ctx, e: spec.Entry) -> Optional[dt.datetime]:
-    """NotAfter of what the node has for ``e`` now (a kubeconfig's client cert, embedded or in its
-    file); None when it is absent or unreadable (the plan then says why)."""
+def _current_cert(ctx: _Ctx, e: spec.Entry) -> Optional[x509.Certificate]:
+    """What the node has for ``e`` now (a kubeconfig's client cert, embedded or in its file); None
+    when it is absent or unreadable (the plan then says why)."""
     path = _entry_path(ctx, e)
     try:
         if not ctx.fs.exists(path):
             return None
         if e.kind is not spec.Kind.KUBECONFIG:
-            return x509ops.not_after(x509ops.load_certs(ctx.fs.read(path), ctx.fs.display(path))[0])
+            return x509ops.load_certs(ctx.fs.read(path), ctx.fs.display(path))[0]
         kc = parse_kubeconfig(ctx.fs.read(path), ctx.fs.display(path))
         if kc.client_cert_data is not None:
-            return x509ops.not_after(x509ops.load_cert(kc.client_cert_data, ctx.fs.display(path)))
+            return x509ops.load_cert(kc.client_cert_data, ctx.fs.display(path))
         if kc.client_cert_file:
             src = kc.client_cert_file if kc.client_cert_file.startswith("/") else \
                 posixpath.join(L.KUBERNETES_DIR, kc.client_cert_file)
-            return x509ops.not_after(x509ops.load_certs(ctx.fs.read(src), ctx.fs.display(src))[0])
+            return x509ops.load_certs(ctx.fs.read(src), ctx.fs.display(src))[0]
     except KubecertError:
         return None
     return None
+
+
+def _current_validity(ctx: _Ctx, e: spec.Entry) -> Optional[Tuple[dt.datetime, dt.datetime]]:
+    cert = _current_cert(ctx, e)
+    return None if cert is None else (x509ops.not_before(cert), x509ops.not_after(cert))
+
+
+def _current_not_after(ctx: _Ctx, e: spec.Entry) -> Optional[dt.datetime]:
+    validity = _current_validity(ctx, e)
+    return validity[1] if validity else None
 
 
 def apply(fs: NodeFS, p: Plan, *, fault: Optional[Fault] = None) -> Backup:

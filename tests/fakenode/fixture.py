@@ -677,7 +677,8 @@ def _state_dir(tmp_path: Path) -> Path:
 @contextlib.contextmanager
 def running_node(root: PathLike, tmp_path: PathLike, *, wait_ready: bool = True, timeout: float = READY_TIMEOUT,
                  tools: Sequence[str] = TOOLS, file_check_frequency: Optional[float] = None,
-                 owner_pid: Optional[int] = None) -> Iterator[FakeNode]:
+                 owner_pid: Optional[int] = None, register_node: bool = False,
+                 wait_started: bool = True) -> Iterator[FakeNode]:
     """Run a prepared node (see :func:`prepare_node`) under the fake kubelet for the ``with`` block.
 
     Starts the supervisor as unit ``kubelet``; with ``wait_ready`` returns once every component
@@ -685,7 +686,10 @@ def running_node(root: PathLike, tmp_path: PathLike, *, wait_ready: bool = True,
     each has a running container (an expired cluster is never healthy). ``tools`` picks which
     stand-ins are on node.env's PATH; ``file_check_frequency`` overrides the node's kubelet config
     (200ms after prepare_node). The supervisor watches ``owner_pid`` (default: this process): if the
-    test run dies without tearing down, the supervisor stops everything itself. On exit, whatever
+    test run dies without tearing down, the supervisor stops everything itself. ``register_node``:
+    the fake kubelet also registers the node's Node and renews its Lease with kubelet.conf
+    (node_agent.py), and its healthz says whether that works, as a real kubelet's (and, as the real
+    kubelet, it exits at start with an expired client cert: pass ``wait_started=False``). On exit, whatever
     happened, every process is stopped.
 
     The control plane is the real kube-apiserver, kube-controller-manager and kube-scheduler
@@ -708,6 +712,8 @@ def running_node(root: PathLike, tmp_path: PathLike, *, wait_ready: bool = True,
     if file_check_frequency is not None:
         command += ["--file-check-frequency", str(file_check_frequency)]
     command += ["--kube-bin", str(kube_bin)]
+    if register_node:
+        command += ["--register-node", "127.0.0.1=127.0.0.1"]  # prepare_node: kubelet.conf at 127.0.0.1
     U.define(state, "kubelet", command, {"PYTHONUNBUFFERED": "1"}, kill_signal="SIGUSR1",
              description="fake kubelet (tests/fakenode)")
     node = FakeNode(root, state, ports, env, bin_dir)
@@ -716,7 +722,7 @@ def running_node(root: PathLike, tmp_path: PathLike, *, wait_ready: bool = True,
         node.unit_pid("kubelet")
         if wait_ready:
             node.wait_ready(timeout)
-        else:
+        elif wait_started:
             node.wait_started(timeout)
         yield node
     finally:

@@ -34,6 +34,10 @@ Knobs: ``STATE_DIR/fail-start/<container>`` makes each start exit at once;
 ``STATE_DIR/stale/<container>`` makes it start with the certificate files it FIRST started with
 (copied to STATE_DIR/snapshots/ on the first start): "restarted, still serving the old cert".
 
+``--register-node HOST=IP,...``: also do what the kubelet does with its credentials (node_agent.py:
+the Node and its Lease; healthz is then the agent's health) and, as the real kubelet, exit at start
+(status 1) when the client certificate has expired and there is no bootstrap-kubelet.conf.
+
 ``--owner-pid``: once that process (the test run) is gone, stop every container and every other
 unit of STATE_DIR, then exit — no orphans even if pytest itself is killed.
 
@@ -655,6 +659,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         from fakenode import node_agent
 
         creds = node_agent.Credentials(root)  # read once, at start, as the kubelet does
+        if creds.not_after <= S.utcnow() and not (root / "etc/kubernetes/bootstrap-kubelet.conf").exists():
+            # what the real kubelet does with an expired client cert (after a reboot, say): it would
+            # bootstrap a new one, and kubeadm deleted bootstrap-kubelet.conf after the join
+            log("Part of the existing bootstrap client certificate in /etc/kubernetes/kubelet.conf is expired: "
+                f"{creds.not_after:%Y-%m-%d %H:%M:%S} +0000 UTC")
+            log("failed to run Kubelet: unable to load bootstrap kubeconfig: stat "
+                "/etc/kubernetes/bootstrap-kubelet.conf: no such file or directory")
+            return 1
         host, _, ips = args.register_node.partition("=")
         if host != creds.host or not ips:
             ap.error(f"--register-node {args.register_node}: want {creds.host}=IP[,IP...]")

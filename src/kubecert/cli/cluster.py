@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import functools
 import os
 import sys
@@ -266,13 +267,16 @@ def cluster_renew_cmd(target: Target, dry_run: bool, worker_batch: Optional[int]
 @click.option("--max-clock-skew", "skew_text", default="5m", show_default=True, metavar="DURATION",
               help="Refuse when a node's clock is further than this from the operator's.")
 @click.option("--ignore-clock-skew", is_flag=True, help="Report clock skew, never refuse for it.")
+@click.option("--even-if-up", is_flag=True,
+              help="Recover (restart everything at once) even though etcd and every apiserver answer healthy.")
 @runtime_options
 @with_validity
 @now_option
 @handle_errors
 def cluster_recover_cmd(target: Target, this_node: bool, root: str, dry_run: bool, yes: bool,
                         state_path: Optional[str], days: int, within_text: str, skew_text: str,
-                        ignore_clock_skew: bool, cri: Optional[str], strategy: str, service_manager: Optional[str],
+                        ignore_clock_skew: bool, even_if_up: bool, cri: Optional[str], strategy: str,
+                        service_manager: Optional[str],
                         restart_commands: tuple[str, ...], gate_timeouts: tuple[str, ...], restart_timeout: float,
                         min_days: float, force_validity: bool, now_text: Optional[str]) -> None:
     """Bring back a cluster whose certificates already expired (etcd without quorum, apiservers down,
@@ -287,10 +291,16 @@ def cluster_recover_cmd(target: Target, this_node: bool, root: str, dry_run: boo
 
     from ..cluster import inventory_digest
     from ..cluster.recover import RecoverState, preflight, recover
+    from ..renew import BACKDATE
 
     now = parse_now(now_text)
     within = parse_duration(within_text)
     max_skew = None if ignore_clock_skew else parse_duration(skew_text)
+    if max_skew is not None and max_skew > BACKDATE:
+        fail(f"--max-clock-skew {skew_text}: at most 5m (new certificates are valid from 5 minutes ago: a node "
+             "further behind would see them not yet valid)")
+    if dt.timedelta(days=days) <= within:
+        fail(f"--days {days} must be longer than --within {within_text}: what is renewed must not be due again")
     validity: dict[str, Any] = dict(clock=real_now(), min_days=min_days, force_validity=force_validity, days=days)
     if this_node:
         import socket
@@ -300,9 +310,15 @@ def cluster_recover_cmd(target: Target, this_node: bool, root: str, dry_run: boo
 
         if target.inventory:
             fail("--this-node recovers the node it runs on: pass it without -i")
+        from ..layout import STATE_DIR
+        from ..store import LocalFS
+
         hosts: List[Any] = [Host(socket.gethostname() or "this-node", "127.0.0.1", "control-plane", root=root)]
         connect: Any = local_connect
-        default_state = os.path.join(os.path.abspath(root), "etc/kubernetes/.kubecert/cluster-recover.json")
+        fs = LocalFS(root)  # a missing root: one line, exit 3
+        fs.makedirs(STATE_DIR, 0o700)
+        # kubecert's own dir of the node, resolved as every node path is (links stay inside the root)
+        default_state = fs.host_path(f"{STATE_DIR}/cluster-recover.json")
     else:
         if not target.inventory:
             fail("pass -i INVENTORY (or --this-node on a single master)")
@@ -313,6 +329,16 @@ def cluster_recover_cmd(target: Target, this_node: bool, root: str, dry_run: boo
     pre = preflight(hosts, connect, now=now, within=within, max_skew=max_skew, **validity)
     took = time.monotonic() - start
     _print_preflight(pre, now, console)
+    if this_node:
+        peers = pre.nodes[0].etcd_peers
+        if len(peers) > 1:
+            fail(f"this node's etcd has {len(peers)} members ({', '.join(peers)}): recover the whole cluster from "
+                 "the operator's machine (-i INVENTORY), not one master alone")
+    state_path = state_path or default_state
+    resuming = os.path.exists(state_path)
+    if pre.cluster_up and not resuming and not even_if_up and not dry_run:
+        fail(f"the cluster is up ({pre.health}): nothing to recover; renew it without downtime with "
+             "`kubecert cluster renew` (or pass --even-if-up)")
     if pre.refusals:
         fail(f"preflight refused, nothing was changed: {pre.refusals[0]}"
              + (f" (and {len(pre.refusals) - 1} more above)" if len(pre.refusals) > 1 else ""))
@@ -331,7 +357,7 @@ def cluster_recover_cmd(target: Target, this_node: bool, root: str, dry_run: boo
         fail("no node could be reached: nothing to recover", 5)
     options, timeouts = runtime_setup(cri, strategy, service_manager, restart_commands, gate_timeouts,
                                        restart_timeout)
-    state = RecoverState.load(state_path or default_state, inventory_digest(hosts))
+    state = RecoverState.load(state_path, inventory_digest(hosts))
 
     def progress(node: str, step: str, message: str) -> None:
         console.print(f"[{time.monotonic() - start:6.1f}s] {node:<12} {step:<24} {message}")
@@ -345,8 +371,8 @@ def cluster_recover_cmd(target: Target, this_node: bool, root: str, dry_run: boo
     console.print("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in phases.items())
                   + f"; total {time.monotonic() - start:.1f}s")
     if run.backups:
-        console.print("backups: " + ", ".join(f"{n} {b}" for n, b in sorted(run.backups.items()))
-                      + " (kubecert rollback --backup ID on that node restores one)")
+        console.print("backups: " + ", ".join(f"{n} {' '.join(b)}" for n, b in sorted(run.backups.items()))
+                      + " (`kubecert rollback ID` on that node restores one)")
     if run.exit_code == 5:
         failed = next(p for p in run.phases if not p.ok)
         fail(f"recovery stopped in phase {failed.name}: {failed.detail}; nothing was rolled back; fix it and "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence, Tuple
 
@@ -21,6 +22,7 @@ from ..node.verify import Verifier
 from .base import Connect
 
 MAX_OBJECT = 8 << 20  # a Node with many images is large
+_DNS1123 = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")  # a Node name
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class ClusterAPI:
         self.endpoints = list(endpoints)
         self.creds = creds
         self.timeout = timeout
+        self._ctx = probes.context(creds)  # once: the admin key is loaded into memory, not re-read
 
     def __repr__(self) -> str:
         return f"ClusterAPI({', '.join(ep.url for ep in self.endpoints)})"
@@ -47,7 +50,7 @@ class ClusterAPI:
         errors = []
         for ep in self.endpoints:
             try:
-                r = probes.request(ep, self.creds, path=path, timeout=self.timeout, limit=MAX_OBJECT)
+                r = probes.request(ep, self.creds, path=path, timeout=self.timeout, limit=MAX_OBJECT, ctx=self._ctx)
             except probes.ProbeError as exc:
                 errors.append(f"{ep.host}:{ep.port}: {exc}")
                 continue
@@ -65,6 +68,8 @@ class ClusterAPI:
         return status == 200
 
     def node(self, name: str) -> NodeState:
+        if not _DNS1123.fullmatch(name):
+            return NodeState(False, False, f"{name!r} is not a Node name", None)
         status, doc = self.get(f"/api/v1/nodes/{name}")
         if status == 404:
             return NodeState(False, False, "no Node object", None)

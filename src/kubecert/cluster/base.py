@@ -6,9 +6,12 @@ Transports are injected (``connect``), so the same code runs over SSH or on loca
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import secrets
+import stat
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
@@ -94,25 +97,52 @@ def collect_signers(hosts: Sequence[Any], connect: Connect, *,
     return signers, where
 
 
+def _state_dir_ok(path: str) -> None:
+    """The state file's directory is not one another user could plant things in."""
+    d = os.path.dirname(os.path.abspath(path)) or "."
+    try:
+        st = os.stat(d)
+    except OSError as exc:
+        raise KubecertError(f"{d}: cannot use it for the state file: {exc.strerror}") from None
+    writable = st.st_mode & stat.S_IWOTH or (st.st_mode & stat.S_IWGRP and st.st_gid != 0)
+    if st.st_uid not in (0, os.geteuid()) or (writable and not st.st_mode & stat.S_ISVTX):
+        raise KubecertError(f"{d}: another user can write there; put the state file elsewhere (--state FILE)")
+
+
 def read_state(path: str, inventory: str) -> Optional[Dict[str, Any]]:
     """A state file's document, if it is one of a run over the same inventory (else None: start afresh)."""
+    _state_dir_ok(path)
     try:
-        with open(path) as fh:
-            data = json.load(fh)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                return None
+            data = json.loads(fh.read(1 << 22) or b"null")
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) and data.get("inventory") == inventory else None
 
 
 def write_state(path: str, doc: Dict[str, Any]) -> None:
-    """Atomically (temp file, fsync, rename), 0600: the operator's record of a cluster-wide run."""
-    tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(doc, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Atomically (a new temp file with an unpredictable name, fsync, rename), 0600: the operator's
+    record of a cluster-wide run."""
+    _state_dir_ok(path)
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
+                       f".{os.path.basename(path)}.kubecert-tmp-{secrets.token_hex(8)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(doc, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def remove_state(path: str) -> None:

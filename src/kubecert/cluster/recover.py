@@ -31,18 +31,20 @@ from .. import spec
 from ..errors import KubecertError
 from ..inventory import scan
 from ..layout import Layout
+from ..node import probes
 from ..node.endpoints import etcd_unit_flags, manifest_flags
 from ..node.restart import Timeouts, restart_in_order
 from ..node.runtime import Options, choose
 from ..node.verify import Verifier
 from ..recovery import recover_node
+from ..remote.loop import TransportError
 from ..store import NodeFS
-from ..store.txn import LOCK
+from ..store.txn import LOCK, list_backups
 from .api import ClusterAPI, connect_api
 from .base import GATED, Conn, Connect, Progress, Signers, _quiet, collect_signers, read_state, remove_state, write_state
 from .workers import KubeletVerifier, kubelet_node_name
 
-PHASES = ("etcd", "control-plane", "kubelet")
+PHASES = ("kubelet-start", "etcd", "control-plane", "kubelet")
 CONTROL_PLANE = (spec.APISERVER, spec.CONTROLLER_MANAGER, spec.SCHEDULER)
 DEFAULT_MAX_SKEW = dt.timedelta(minutes=5)
 PARALLEL = 16  # nodes worked on at once
@@ -70,6 +72,8 @@ class NodeCheck:
     interrupted: bool = False  # an earlier kubecert change on this node is unfinished
     plan: Optional[R.Plan] = None
     plan_error: Optional[str] = None  # the node is reachable but cannot be renewed as it is
+    static_pods: bool = False  # its kubelet runs static pods (etcd or control-plane manifests)
+    unreadable: bool = False  # reachable, but its PKI could not be read (``error`` says why)
     components: Tuple[str, ...] = ()  # what runs here, in restart order
 
 
@@ -78,6 +82,8 @@ class Preflight:
     nodes: Tuple[NodeCheck, ...]
     signers_from: Dict[str, str]
     refusals: Tuple[str, ...]
+    cluster_up: bool = False  # etcd healthy and every reachable apiserver ready: nothing to recover
+    health: str = ""
 
     @property
     def reachable(self) -> List[NodeCheck]:
@@ -85,7 +91,7 @@ class Preflight:
 
     @property
     def unreachable(self) -> List[NodeCheck]:
-        return [n for n in self.nodes if n.error is not None]
+        return [n for n in self.nodes if n.error is not None and not n.unreadable]
 
 
 @dataclass(frozen=True)
@@ -101,7 +107,7 @@ class PhaseResult:
 class RecoverRun:
     preflight: Preflight
     renewed: Dict[str, int]  # node -> items renewed in this run
-    backups: Dict[str, str]  # node -> backup id (this run or an earlier, interrupted one)
+    backups: Dict[str, List[str]]  # node -> this recovery's backups (this run's and an interrupted one's)
     phases: Tuple[PhaseResult, ...]
     seconds: Dict[str, float]  # phase -> seconds (preflight, renew, etcd quorum, ...)
 
@@ -125,8 +131,9 @@ class RecoverState:
     path: str
     inventory: str
     renewed: List[str] = field(default_factory=list)
-    backups: Dict[str, str] = field(default_factory=dict)
+    backups: Dict[str, List[str]] = field(default_factory=dict)  # node -> this recovery's backups, oldest first
     phases: Dict[str, List[str]] = field(default_factory=dict)  # phase -> nodes that passed it
+    started: str = ""  # when this recovery began (its backups are the ones made since)
 
     @classmethod
     def load(cls, path: str, inventory: str) -> RecoverState:
@@ -134,15 +141,16 @@ class RecoverState:
         try:
             if data is not None:
                 return cls(path, inventory, [str(n) for n in data.get("renewed") or []],
-                           {str(k): str(v) for k, v in (data.get("backups") or {}).items()},
-                           {str(k): [str(n) for n in v] for k, v in (data.get("phases") or {}).items()})
+                           {str(k): [str(b) for b in v] for k, v in (data.get("backups") or {}).items()},
+                           {str(k): [str(n) for n in v] for k, v in (data.get("phases") or {}).items()},
+                           str(data.get("started") or ""))
         except (AttributeError, TypeError):
             pass
         return cls(path, inventory)
 
     def save(self) -> None:
         write_state(self.path, {"inventory": self.inventory, "renewed": self.renewed, "backups": self.backups,
-                                "phases": self.phases})
+                                "phases": self.phases, "started": self.started})
 
     def passed(self, phase: str, node: str) -> bool:
         return node in self.phases.get(phase, [])
@@ -178,6 +186,8 @@ def _components(fs: NodeFS) -> Tuple[str, ...]:
 
 def _check_node(h: Any, connect: Connect, now: dt.datetime, wall: Callable[[], float], signers: Signers,
                 within: dt.timedelta, plan_kwargs: Dict[str, Any]) -> NodeCheck:
+    from .. import layout as L
+
     try:
         conn = connect(h)
     except KubecertError as exc:
@@ -185,7 +195,12 @@ def _check_node(h: Any, connect: Connect, now: dt.datetime, wall: Callable[[], f
     try:
         skew = _skew(conn, wall)
         fs = conn.fs()
-        report = scan(fs, now=now)
+        try:
+            report = scan(fs, now=now)
+        except KubecertError as exc:
+            if isinstance(exc, TransportError):
+                raise
+            return NodeCheck(h.name, h.address, h.role, error=str(exc), skew=skew, unreadable=True)
         expired = tuple(i.name for i in report.items if i.not_after is not None and i.not_after <= now)
         not_yet = tuple(i.name for i in report.items if i.not_before is not None and i.not_before > now)
         lay = Layout(report.facts.pki_dir)
@@ -202,8 +217,11 @@ def _check_node(h: Any, connect: Connect, now: dt.datetime, wall: Callable[[], f
             plan = R.plan(fs, ["all"], now=now, signers=signers, within=within, **plan_kwargs)
         except KubecertError as exc:
             plan_error = str(exc)
-        return NodeCheck(h.name, h.address, h.role, None, skew, expired, not_yet, keys, member, peers, data,
-                         any(f.code == "interrupted" for f in report.findings), plan, plan_error, _components(fs))
+        pods = any(fs.exists(f"{L.MANIFESTS_DIR}/{c}.yaml") for c in (spec.ETCD, *CONTROL_PLANE))
+        return NodeCheck(h.name, h.address, h.role, skew=skew, expired=expired, not_yet_valid=not_yet,
+                         ca_keys=keys, etcd_member=member, etcd_peers=peers, etcd_data=data,
+                         interrupted=any(f.code == "interrupted" for f in report.findings), plan=plan,
+                         plan_error=plan_error, static_pods=pods, components=_components(fs))
     except KubecertError as exc:
         return NodeCheck(h.name, h.address, h.role, error=str(exc))
     finally:
@@ -217,15 +235,35 @@ def preflight(hosts: Sequence[Any], connect: Connect, *, now: dt.datetime, withi
     signers, where = collect_signers(hosts, connect, skip_unreachable=True)
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(PARALLEL, len(hosts)))) as ex:
         nodes = tuple(ex.map(lambda h: _check_node(h, connect, now, wall, signers, within, plan_kwargs), hosts))
-    refusals = []
+    refusals = [f"{n.name}: its PKI cannot be read: {n.error}" for n in nodes if n.unreadable]
     if max_skew is not None:
         for n in nodes:
+            if n.error is None and n.skew is None:
+                refusals.append(f"{n.name}: its clock could not be read (`date -u +%s` failed there); check it, "
+                                "or pass --ignore-clock-skew")
             if n.skew is not None and abs(n.skew) > max_skew.total_seconds():
                 refusals.append(f"{n.name}: its clock is {_ago(n.skew)} the operator's (more than "
                                 f"--max-clock-skew {_span(max_skew.total_seconds())}): fix the clock "
                                 "(an \"expired\" cluster is sometimes a wrong clock), or pass --ignore-clock-skew")
+    up, health = _cluster_up([h for h, n in zip(hosts, nodes) if n.error is None], connect)
     refusals += [f"{n.name}: {n.plan_error}" for n in nodes if n.plan_error]
-    return Preflight(nodes, where, tuple(refusals))
+    for n in nodes:  # due, and nothing here can renew it: a recovery would leave it expired
+        for i in n.plan.items if n.plan is not None else ():
+            if i.action == "skip" and i.old_not_after is not None and i.old_not_after - now <= within:
+                refusals.append(f"{n.name}: {i.name} expires {i.old_not_after:%Y-%m-%d %H:%M} UTC and cannot be "
+                                f"renewed: {i.reason}")
+    return Preflight(nodes, where, tuple(refusals), up, health)
+
+
+def _cluster_up(hosts: Sequence[Any], connect: Connect) -> Tuple[bool, str]:
+    from .renew import cluster_healthy
+
+    if not any(h.role != "worker" for h in hosts):
+        return False, "no control plane or etcd host reachable"
+    try:
+        return cluster_healthy(hosts, connect, timeout=3.0)
+    except KubecertError as exc:
+        return False, str(exc)
 
 
 def _span(seconds: float) -> str:
@@ -268,10 +306,9 @@ class _Run:
 
     # -- renew ----------------------------------------------------------------------------------
     def renew(self, h: Any) -> Optional[str]:
-        """Back up and renew one node (all-or-nothing); None when done, else why not."""
-        if h.name in self.state.renewed:
-            self.say(h.name, "renew", "already renewed by an earlier run (state file)")
-            return None
+        """Back up and renew one node (all-or-nothing); None when done, else why not. Always planned
+        afresh: what an earlier run renewed is valid beyond ``within`` now (nothing is renewed twice),
+        and a node rolled back since is renewed again."""
         try:
             conn = self.connect(h)
         except KubecertError as exc:
@@ -287,14 +324,21 @@ class _Run:
                 if p.writes:
                     backup = R.apply(fs, p)
                     count = len(p.renewed)
-                    with self.lock:
-                        self.state.backups[h.name] = backup.id
                     self.say(h.name, "renew", f"renewed {count} item(s); backup {backup.id}")
+                elif h.name in self.state.renewed:
+                    self.say(h.name, "renew", "already renewed by an earlier run (state file): nothing due")
                 else:
                     self.say(h.name, "renew", "nothing due (every cert valid beyond --within)")
+                # this recovery's backups, found on the node itself (a run killed right after its
+                # apply never recorded the id)
+                ours = [b.id for b in list_backups(fs) if b.action == "renew" and not b.undone
+                        and b.created >= self.state.started]
             with self.lock:
                 self.renewed[h.name] = count
-                self.state.renewed.append(h.name)
+                if h.name not in self.state.renewed:
+                    self.state.renewed.append(h.name)
+                if ours:
+                    self.state.backups[h.name] = ours
                 self.state.save()
             return None
         except KubecertError as exc:
@@ -337,8 +381,10 @@ class _Run:
         finally:
             conn.close()
 
-    def etcd_healthy(self, members: Sequence[Any], timeout: float) -> Tuple[bool, str]:
-        """Until etcd answers healthy with every member healthy, through any member."""
+    def etcd_healthy(self, members: Sequence[Any], timeout: float,
+                     left_out: Sequence[str] = ()) -> Tuple[bool, str]:
+        """Until etcd answers healthy through any member, with every member healthy but those left out
+        (unreachable nodes), and those a minority."""
         deadline = time.monotonic() + timeout
         why = "no member answered"
         while True:
@@ -349,10 +395,10 @@ class _Run:
                     why = str(exc)
                     continue
                 try:
-                    checks = Verifier(conn.fs(), address=h.address, timeout=5.0).check(spec.ETCD)
-                    if all(c.ok for c in checks) and any(c.name == "cluster" for c in checks):
-                        return True, next(c.detail for c in checks if c.name == "cluster")
-                    why = f"via {h.name}: " + "; ".join(c.detail for c in checks if not c.ok)
+                    ok, why = _quorum(Verifier(conn.fs(), address=h.address, timeout=5.0), left_out)
+                    if ok:
+                        return True, why
+                    why = f"via {h.name}: {why}"
                 except KubecertError as exc:
                     why = str(exc)
                 finally:
@@ -380,6 +426,41 @@ class _Run:
                            per_node)
 
 
+def _quorum(v: Verifier, left_out: Sequence[str]) -> Tuple[bool, str]:
+    """(healthy, detail) of the etcd cluster seen through ``v``'s member: every member healthy, or all
+    but the ``left_out`` ones (a minority)."""
+    ep = v.endpoints.get(spec.ETCD)
+    if ep is None:
+        return False, "no etcd endpoint"
+    creds = v.creds(spec.ETCD)
+    try:
+        r = probes.request(ep, creds, timeout=v.timeout)
+        ok, reason = probes.parse_health(r.body)
+        if r.status != 200 or not ok:
+            return False, f"HTTP {r.status}" + (f": {reason}" if reason else "")
+        members = probes.etcd_members(ep, creds, timeout=v.timeout)
+    except probes.ProbeError as exc:
+        return False, str(exc)
+    healthy, bad = 0, []
+    for m in members:
+        name = str(m.get("name") or m.get("ID"))
+        urls = m.get("clientURLs") or []
+        mep = probes.endpoint_from_url(spec.ETCD, urls[0], "/health", "member list") if urls else None
+        try:
+            if mep is not None:
+                mr = probes.request(mep, creds, timeout=v.timeout)
+                if mr.status == 200 and probes.parse_health(mr.body)[0]:
+                    healthy += 1
+                    continue
+            bad.append(name)
+        except probes.ProbeError:
+            bad.append(name)
+    missing = [b for b in bad if b not in left_out]
+    if missing or healthy * 2 <= len(members):
+        return False, f"{healthy}/{len(members)} members healthy; not: {', '.join(bad)}"
+    return True, f"{healthy}/{len(members)} members healthy" + (f" ({', '.join(bad)} left out)" if bad else "")
+
+
 def recover(hosts: Sequence[Any], connect: Connect, *, now: dt.datetime, state: RecoverState, pre: Preflight,
             within: dt.timedelta, options: Optional[Options] = None, timeouts: Optional[Timeouts] = None,
             progress: Progress = _quiet, **plan_kwargs: Any) -> RecoverRun:
@@ -391,6 +472,8 @@ def recover(hosts: Sequence[Any], connect: Connect, *, now: dt.datetime, state: 
     for n in pre.unreachable:
         progress(n.name, "preflight", f"UNREACHABLE, left out: {n.error}")
     signers, _ = collect_signers(nodes, connect, skip_unreachable=True)
+    if not state.started:
+        state.started = now.strftime("%Y-%m-%dT%H:%M:%SZ")
     run = _Run(nodes, connect, now, state, options, timeouts, progress, signers, within, plan_kwargs)
     phases: List[PhaseResult] = []
 
@@ -411,13 +494,26 @@ def recover(hosts: Sequence[Any], connect: Connect, *, now: dt.datetime, state: 
     def plain(conn: Conn, fs: NodeFS, _h: Any = None) -> Verifier:
         return Verifier(fs)
 
-    # 2. every etcd member at once, then wait for the quorum
+    # 2. the kubelets that run static pods, first: after a reboot with an expired client cert a kubelet
+    # exits at start (it would bootstrap, and bootstrap-kubelet.conf is long gone), so no static pod
+    # runs; restarted with the renewed kubelet.conf it starts them, and its crash-loop back-off is reset
+    t = time.monotonic()
+    pods = [h for h in has(spec.KUBELET) if by_name[h.name].static_pods]
+    p = run.phase("kubelet-start", pods, lambda h: run.restart(h, [spec.KUBELET], plain, gated=False))
+    seconds["kubelets started"] = time.monotonic() - t
+    phases.append(p)
+    if not p.ok:
+        return result()
+
+    # 3. every etcd member at once, then wait for the quorum
     t = time.monotonic()
     members = has(spec.ETCD)
     if members:
         p = run.phase("etcd", members, lambda h: run.restart(h, [spec.ETCD], plain, gated=False), mark=False)
         if p.ok:
-            ok, why = run.etcd_healthy(members, timeouts.gate(spec.ETCD))
+            ok, why = run.etcd_healthy(members, timeouts.gate(spec.ETCD),
+                                       left_out=[n.etcd_member for n in pre.unreachable if n.etcd_member] +
+                                       [n.name for n in pre.unreachable])
             progress(members[0].name, "etcd", f"cluster {'healthy' if ok else 'NOT healthy'}: {why}")
             if ok:
                 for h in members:
@@ -431,7 +527,7 @@ def recover(hosts: Sequence[Any], connect: Connect, *, now: dt.datetime, state: 
         phases.append(PhaseResult("etcd", True, 0.0, "no etcd member in the inventory"))
     seconds["etcd quorum"] = time.monotonic() - t
 
-    # 3. every apiserver, controller-manager and scheduler (each node in order, gated; nodes at once)
+    # 4. every apiserver, controller-manager and scheduler (each node in order, gated; nodes at once)
     t = time.monotonic()
 
     def control_plane(h: Any) -> Tuple[bool, str]:
@@ -449,7 +545,7 @@ def recover(hosts: Sequence[Any], connect: Connect, *, now: dt.datetime, state: 
     if not p.ok:
         return result()
 
-    # 4. every kubelet: healthz over SSH, and with the API up its Node Ready with a renewed Lease
+    # 5. every kubelet: healthz over SSH, and with the API up its Node Ready with a renewed Lease
     t = time.monotonic()
     api: Optional[ClusterAPI] = connect_api(nodes, connect)
 

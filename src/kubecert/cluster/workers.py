@@ -15,7 +15,7 @@ import datetime as dt
 import math
 import threading
 import time
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from .. import layout as L
 from .. import spec, x509ops
@@ -30,6 +30,7 @@ from .api import ClusterAPI
 from .base import Connect, NodeRun, Progress, RunState, Signers
 
 NODE_USER_PREFIX = "system:node:"
+MAX_PARALLEL = 64  # workers of a batch worked on at once (each an SSH connection and a thread)
 
 
 def batch_size(workers: int, batch: Optional[int]) -> int:
@@ -70,18 +71,21 @@ class KubeletVerifier(Verifier):
         super().__init__(fs, address=address, gated=(spec.KUBELET,), forward=forward, timeout=timeout)
         self.api = api if api is not None and node_name and api.up() else None
         self.node_name = node_name
-        self.lease_before: Optional[dt.datetime] = None
-        if self.api is not None and node_name:
-            try:
-                self.lease_before = self.api.node(node_name).lease_renewed
-            except probes.ProbeError:
-                self.lease_before = None
+        self.baseline: Optional[Tuple[Optional[dt.datetime]]] = None  # the Lease at the first gate check
 
     def check(self, component: str) -> List[Check]:
         out = super().check(component)
         if component != spec.KUBELET or self.api is None or not self.node_name or not all(c.ok for c in out):
             return out
-        name, before = self.node_name, self.lease_before
+        name = self.node_name
+        if self.baseline is None:
+            # taken once the restart is done: a renewal later than this one is the new kubelet's (the
+            # old one renewed its Lease up to the restart)
+            try:
+                self.baseline = (self.api.node(name).lease_renewed,)
+            except probes.ProbeError:
+                self.baseline = (None,)
+        before = self.baseline[0]
 
         def node_ready() -> tuple[bool, str]:
             assert self.api is not None
@@ -130,7 +134,7 @@ def renew_workers(workers: Sequence[Any], connect: Connect, *, now: dt.datetime,
                     state.save()
             return run
 
-        with concurrent.futures.ThreadPoolExecutor(max_workers=len(group)) as ex:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=min(len(group), MAX_PARALLEL)) as ex:
             results = list(ex.map(one, group))
         runs += results
         stopped = any(r.status == "failed" for r in results)
@@ -163,6 +167,10 @@ def _renew_worker(h: Any, connect: Connect, now: dt.datetime, signers: Signers, 
     finally:
         conn.close()
     took = time.monotonic() - start
+    stranded = outcome.plan.stranded
+    if stranded:
+        return NodeRun(h.name, "failed", outcome, "expired and not renewable here: " + "; ".join(
+            f"{i.name} ({i.reason})" for i in stranded), took)
     if not outcome.ok:
         failed = outcome.first.failed
         why = "; ".join(c.detail for c in (failed.gate.checks if failed and failed.gate else ()) if not c.ok)

@@ -53,29 +53,51 @@ def context(creds: Creds, verify: bool = True) -> ssl.SSLContext:
     else:
         ctx.verify_mode = ssl.CERT_NONE
     if creds.cert_pem and creds.key_pem:
-        d = tempfile.mkdtemp(prefix="kubecert-probe-")
-        try:
-            os.chmod(d, 0o700)
-            cf, kf = os.path.join(d, "c.pem"), os.path.join(d, "k.pem")
-            for path, data in ((cf, creds.cert_pem), (kf, creds.key_pem)):
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-            ctx.load_cert_chain(cf, kf)
-        finally:
-            shutil.rmtree(d, ignore_errors=True)
+        _load_chain(ctx, creds.cert_pem, creds.key_pem)
     return ctx
+
+
+def _load_chain(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
+    """The TLS library reads a client key from a file only: an anonymous memory file where the system
+    has them (nothing on disk, gone with the process), else a private temp file removed at once."""
+    if hasattr(os, "memfd_create"):
+        fds = []
+        try:
+            for data in (cert_pem, key_pem):
+                fd = os.memfd_create("kubecert-probe", getattr(os, "MFD_CLOEXEC", 0))
+                fds.append(fd)
+                os.write(fd, data)
+            ctx.load_cert_chain(f"/proc/self/fd/{fds[0]}", f"/proc/self/fd/{fds[1]}")
+            return
+        except OSError:
+            pass  # no /proc: fall back to a temp file
+        finally:
+            for fd in fds:
+                os.close(fd)
+    d = tempfile.mkdtemp(prefix="kubecert-probe-")
+    try:
+        os.chmod(d, 0o700)
+        cf, kf = os.path.join(d, "c.pem"), os.path.join(d, "k.pem")
+        for path, data in ((cf, cert_pem), (kf, key_pem)):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+        ctx.load_cert_chain(cf, kf)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def request(ep: Endpoint, creds: Creds, *, method: str = "GET", path: Optional[str] = None,
             body: Optional[bytes] = None, timeout: float = 5.0, verify: bool = True,
-            limit: int = 1 << 16) -> Response:
-    """One HTTP(S) request; at most ``limit`` bytes of the body are read."""
+            limit: int = 1 << 16, ctx: Optional[ssl.SSLContext] = None) -> Response:
+    """One HTTP(S) request; at most ``limit`` bytes of the body are read. ``ctx``: a context made
+    once by :func:`context` for many requests (default: one per request)."""
     start = time.monotonic()
     try:
         conn: http.client.HTTPConnection
         if ep.scheme == "https":
-            conn = http.client.HTTPSConnection(ep.host, ep.port, timeout=timeout, context=context(creds, verify))
+            conn = http.client.HTTPSConnection(ep.host, ep.port, timeout=timeout,
+                                               context=ctx or context(creds, verify))
         else:
             conn = http.client.HTTPConnection(ep.host, ep.port, timeout=timeout)
         try:

@@ -46,17 +46,20 @@ class GateResult:
 Forward = Callable[[str, int], Tuple[str, int]]  # node-side (host, port) -> where to connect from here
 
 
+_ANY = ("0.0.0.0", "::")  # bound to every address of the node: its loopback too
+
+
 def _loopback(ep: Endpoint) -> bool:
-    return ep.host in ("127.0.0.1", "localhost", "::1")
+    return ep.host in ("127.0.0.1", "localhost", "::1", *_ANY)
 
 
 def _through(ep: Endpoint, forward: Forward) -> Endpoint:
-    host, port = forward(ep.host, ep.port)
+    host, port = forward("127.0.0.1" if ep.host in _ANY else ep.host, ep.port)
     return Endpoint(ep.component, ep.scheme, host, port, ep.path, f"{ep.source} (forwarded over SSH)")
 
 
 def _at(ep: Endpoint, address: str) -> Endpoint:
-    if ep.host in ("127.0.0.1", "localhost", "::1"):
+    if ep.host in ("127.0.0.1", "localhost", "::1", *_ANY):
         return Endpoint(ep.component, ep.scheme, address, ep.port, ep.path, f"{ep.source} (at {address})")
     return ep
 

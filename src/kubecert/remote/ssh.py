@@ -406,12 +406,27 @@ class Connection:
         sees it (SSH direct-tcpip, as ``ssh -L``): how the operator's machine reaches what a node
         serves on its own loopback only, e.g. the kubelet's healthz. Open until :meth:`close`."""
         conn = self._require()
+        what = f"{self.label}: forward to {host}:{port}"
 
         async def listen() -> int:
-            listener = await conn.forward_local_port("127.0.0.1", 0, host, port)
+            try:
+                listener = await conn.forward_local_port("127.0.0.1", 0, host, port)
+            except (OSError, asyncssh.Error) as exc:
+                raise TransportError(f"{what}: {reason(exc)}") from None
+            # sshd says only when a channel is opened whether it forwards at all: ask once, now
+            try:
+                _, writer = await conn.open_connection(host, port)
+                writer.close()
+            except asyncssh.ChannelOpenError as exc:
+                if exc.code == asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED:
+                    listener.close()
+                    raise TransportError(f"{what}: sshd refuses port forwarding (AllowTcpForwarding); kubecert "
+                                         "reaches the kubelet's healthz on the node's loopback that way") from None
+            except OSError:
+                pass  # nobody listening there yet: the gate will tell
             return int(listener.get_port())
 
-        return "127.0.0.1", call(listen(), self.connect_timeout + 5, f"{self.label}: forward to {host}:{port}")
+        return "127.0.0.1", call(listen(), self.connect_timeout + 5, what)
 
     # -- files -------------------------------------------------------------------------------------
     def fs(self) -> SFTPFS:
