@@ -130,4 +130,13 @@ def test_cli_profile_choices_come_from_the_table() -> None:
     (opt,) = [p for p in check.params if "--profile" in getattr(p, "opts", ())]
     assert isinstance(opt.type, click.Choice)
     assert tuple(opt.type.choices) == spec.PROFILE_CHOICES
-    assert spec.PROFILE_CHOICES == ("stacked", "external-etcd", "etcd-host", "external-etcd+etcd-host")
+    assert spec.PROFILE_CHOICES == ("stacked", "external-etcd", "etcd-host", "external-etcd+etcd-host", "worker")
+
+
+def test_worker_profile() -> None:
+    worker = spec.parse_profile("worker")
+    assert worker.is_worker and not worker.is_control_plane
+    assert worker.kubeadm == () and worker.names == ("ca", "kubelet.conf", "kubelet-server")
+    assert worker.optional == frozenset({"kubelet-server"})
+    with pytest.raises(ValueError, match="combines with no other role"):
+        spec.Profile((spec.WORKER, spec.ETCD_HOST))
