@@ -358,16 +358,13 @@ class _Scan:
         if kc.client_cert_data is not None:
             return (x509ops.load_cert(kc.client_cert_data, f"{kc.source} client-certificate-data"),
                     kc.client_key_data, None)
-        if kc.client_cert_file:
-            src = kc.client_cert_file
-            if not src.startswith("/"):
-                src = f"{L.KUBERNETES_DIR}/{src}"
+        src = kc.cert_path
+        if src:
             data = self._read(src)
             cert = x509ops.load_certs(data, self.fs.display(src))[0]
             key_pem: Optional[bytes] = data if b"PRIVATE KEY-----" in data else None
-            if kc.client_key_file and kc.client_key_file != kc.client_cert_file:
-                kpath = kc.client_key_file if kc.client_key_file.startswith("/") else \
-                    f"{L.KUBERNETES_DIR}/{kc.client_key_file}"
+            kpath = kc.key_path
+            if kpath and kc.client_key_file != kc.client_cert_file:
                 key_pem = self._read(kpath)
                 self._check_mode(spec.entry("kubelet.conf").name, kpath, "client key")
             else:

@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import yamlsafe
 from .errors import KubeconfigError
+from .layout import KUBERNETES_DIR
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,21 @@ class Kubeconfig:
     @property
     def embedded(self) -> bool:
         return self.client_cert_data is not None
+
+    @property
+    def cert_path(self) -> Optional[str]:
+        """``client-certificate`` as a node path (a relative one is relative to the kubeconfig's dir)."""
+        return _node_path(self.client_cert_file)
+
+    @property
+    def key_path(self) -> Optional[str]:
+        return _node_path(self.client_key_file)
+
+
+def _node_path(value: Optional[str]) -> Optional[str]:
+    if not value:
+        return None
+    return value if value.startswith("/") else f"{KUBERNETES_DIR}/{value}"  # where kubeadm writes them
 
 
 def _named(items: Any, name: str, what: str, source: str) -> Dict[str, Any]:

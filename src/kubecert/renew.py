@@ -10,7 +10,6 @@ managed: its leafs are skipped with a reason. CAs and the sa pair are never touc
 from __future__ import annotations
 
 import datetime as dt
-import posixpath
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -395,9 +394,7 @@ def _plan_kubeconfig(ctx: _Ctx, e: spec.Entry, explicit: bool) -> Tuple[PlanItem
 def _plan_kubelet_file(ctx: _Ctx, e: spec.Entry, kc: Kubeconfig, explicit: bool) -> PlanItem:
     """kubelet.conf -> kubelet-client-current.pem: write a new dated pem and switch the symlink,
     as the kubelet's own rotation does."""
-    src = kc.client_cert_file or ""
-    if not src.startswith("/"):
-        src = posixpath.join(L.KUBERNETES_DIR, src)
+    src = kc.cert_path or ""
     shown = ctx.fs.display(src)
     data = ctx.fs.read(src)
     old = x509ops.load_certs(data, shown)[0]
@@ -521,15 +518,19 @@ def _current_cert(ctx: _Ctx, e: spec.Entry) -> Optional[x509.Certificate]:
             return None
         if e.kind is not spec.Kind.KUBECONFIG:
             return x509ops.load_certs(ctx.fs.read(path), ctx.fs.display(path))[0]
-        kc = parse_kubeconfig(ctx.fs.read(path), ctx.fs.display(path))
-        if kc.client_cert_data is not None:
-            return x509ops.load_cert(kc.client_cert_data, ctx.fs.display(path))
-        if kc.client_cert_file:
-            src = kc.client_cert_file if kc.client_cert_file.startswith("/") else \
-                posixpath.join(L.KUBERNETES_DIR, kc.client_cert_file)
-            return x509ops.load_certs(ctx.fs.read(src), ctx.fs.display(src))[0]
+        return kubeconfig_client_cert(ctx.fs, path)
     except KubecertError:
         return None
+
+
+def kubeconfig_client_cert(fs: NodeFS, path: str) -> Optional[x509.Certificate]:
+    """The client certificate of the kubeconfig at ``path``: embedded, or the first one in the file it
+    names (kubelet.conf -> kubelet-client-current.pem); None when it has neither. Raises on bad files."""
+    kc = parse_kubeconfig(fs.read(path), fs.display(path))
+    if kc.client_cert_data is not None:
+        return x509ops.load_cert(kc.client_cert_data, fs.display(path))
+    if kc.cert_path:
+        return x509ops.load_certs(fs.read(kc.cert_path), fs.display(kc.cert_path))[0]
     return None
 
 

@@ -20,11 +20,11 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 from .. import layout as L
 from .. import spec, x509ops
 from ..errors import KubecertError
-from ..kubeconfig import parse as parse_kubeconfig
 from ..node import probes
 from ..node.restart import Timeouts, renew_restart
 from ..node.runtime import Options
 from ..node.verify import Check, Forward, Verifier
+from ..renew import kubeconfig_client_cert
 from ..store import NodeFS
 from .api import ClusterAPI
 from .base import Connect, NodeRun, Progress, RunState, Signers
@@ -45,18 +45,10 @@ def kubelet_node_name(fs: NodeFS) -> Optional[str]:
     """The Node name the kubelet authenticates as: its client certificate's CN minus ``system:node:``."""
     path = f"{L.KUBERNETES_DIR}/kubelet.conf"
     try:
-        if not fs.exists(path):
-            return None
-        kc = parse_kubeconfig(fs.read(path), fs.display(path))
-        if kc.client_cert_data is not None:
-            cert = x509ops.load_cert(kc.client_cert_data, fs.display(path))
-        elif kc.client_cert_file:
-            src = kc.client_cert_file if kc.client_cert_file.startswith("/") else \
-                f"{L.KUBERNETES_DIR}/{kc.client_cert_file}"
-            cert = x509ops.load_certs(fs.read(src), fs.display(src))[0]
-        else:
-            return None
+        cert = kubeconfig_client_cert(fs, path) if fs.exists(path) else None
     except KubecertError:
+        return None
+    if cert is None:
         return None
     cn = x509ops.common_name(cert.subject)
     return cn[len(NODE_USER_PREFIX):] if cn.startswith(NODE_USER_PREFIX) else None
