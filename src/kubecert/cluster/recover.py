@@ -438,27 +438,15 @@ def _quorum(v: Verifier, left_out: Sequence[str]) -> Tuple[bool, str]:
         ok, reason = probes.parse_health(r.body)
         if r.status != 200 or not ok:
             return False, f"HTTP {r.status}" + (f": {reason}" if reason else "")
-        members = probes.etcd_members(ep, creds, timeout=v.timeout)
+        members, unhealthy = v.etcd_member_health(ep, creds)
     except probes.ProbeError as exc:
         return False, str(exc)
-    healthy, bad = 0, []
-    for m in members:
-        name = str(m.get("name") or m.get("ID"))
-        urls = m.get("clientURLs") or []
-        mep = probes.endpoint_from_url(spec.ETCD, urls[0], "/health", "member list") if urls else None
-        try:
-            if mep is not None:
-                mr = probes.request(mep, creds, timeout=v.timeout)
-                if mr.status == 200 and probes.parse_health(mr.body)[0]:
-                    healthy += 1
-                    continue
-            bad.append(name)
-        except probes.ProbeError:
-            bad.append(name)
+    bad = [name for name, _ in unhealthy]
+    healthy = members - len(bad)
     missing = [b for b in bad if b not in left_out]
-    if missing or healthy * 2 <= len(members):
-        return False, f"{healthy}/{len(members)} members healthy; not: {', '.join(bad)}"
-    return True, f"{healthy}/{len(members)} members healthy" + (f" ({', '.join(bad)} left out)" if bad else "")
+    if missing or healthy * 2 <= members:
+        return False, f"{healthy}/{members} members healthy; not: {', '.join(bad)}"
+    return True, f"{healthy}/{members} members healthy" + (f" ({', '.join(bad)} left out)" if bad else "")
 
 
 def recover(hosts: Sequence[Any], connect: Connect, *, now: dt.datetime, state: RecoverState, pre: Preflight,

@@ -15,7 +15,7 @@ import datetime as dt
 import math
 import threading
 import time
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence
 
 from .. import layout as L
 from .. import spec, x509ops
@@ -63,21 +63,23 @@ class KubeletVerifier(Verifier):
         super().__init__(fs, address=address, gated=(spec.KUBELET,), forward=forward, timeout=timeout)
         self.api = api if api is not None and node_name and api.up() else None
         self.node_name = node_name
-        self.baseline: Optional[Tuple[Optional[dt.datetime]]] = None  # the Lease at the first gate check
+        self.measured = False  # the Lease was read at the first gate check (``before``: its renewTime then)
+        self.before: Optional[dt.datetime] = None
 
     def check(self, component: str) -> List[Check]:
         out = super().check(component)
         if component != spec.KUBELET or self.api is None or not self.node_name or not all(c.ok for c in out):
             return out
         name = self.node_name
-        if self.baseline is None:
+        if not self.measured:
             # taken once the restart is done: a renewal later than this one is the new kubelet's (the
             # old one renewed its Lease up to the restart)
+            self.measured = True
             try:
-                self.baseline = (self.api.node(name).lease_renewed,)
+                self.before = self.api.node(name).lease_renewed
             except probes.ProbeError:
-                self.baseline = (None,)
-        before = self.baseline[0]
+                self.before = None
+        before = self.before
 
         def node_ready() -> tuple[bool, str]:
             assert self.api is not None

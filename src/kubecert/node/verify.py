@@ -164,28 +164,34 @@ class Verifier:
         return out
 
     def _etcd_cluster(self, ep: Endpoint, creds: probes.Creds) -> Tuple[bool, str]:
+        members, bad = self.etcd_member_health(ep, creds)
+        if bad:
+            return False, f"{members - len(bad)}/{members} members healthy; " + \
+                "; ".join(f"{name}: {why}" for name, why in bad)
+        return True, f"{members}/{members} members healthy"
+
+    def etcd_member_health(self, ep: Endpoint, creds: probes.Creds) -> Tuple[int, List[Tuple[str, str]]]:
+        """(members, [(name, why) of each unhealthy one]) of the etcd cluster seen through ``ep``."""
         members = probes.etcd_members(ep, creds, timeout=self.timeout)
-        bad = []
+        bad: List[Tuple[str, str]] = []
         for m in members:
             urls = m.get("clientURLs") or []
-            name = m.get("name") or m.get("ID")
+            name = str(m.get("name") or m.get("ID"))
             if not urls:
-                bad.append(f"{name}: not started")
+                bad.append((name, "not started"))
                 continue
             mep = probes.endpoint_from_url(spec.ETCD, urls[0], "/health", "member list")
             if mep is None:
-                bad.append(f"{name}: bad client URL {urls[0]}")
+                bad.append((name, f"bad client URL {urls[0]}"))
                 continue
             try:
                 r = probes.request(mep, creds, timeout=self.timeout)
                 ok, why = probes.parse_health(r.body)
                 if not (r.status == 200 and ok):
-                    bad.append(f"{name}: unhealthy ({why or r.status})")
+                    bad.append((name, f"unhealthy ({why or r.status})"))
             except probes.ProbeError as exc:
-                bad.append(f"{name}: {exc}")
-        if bad:
-            return False, f"{len(members) - len(bad)}/{len(members)} members healthy; " + "; ".join(bad)
-        return True, f"{len(members)}/{len(members)} members healthy"
+                bad.append((name, str(exc)))
+        return len(members), bad
 
     def gate(self, component: str, timeout: float, interval: float = 1.0,
              on_attempt: Optional[Callable[[int, List[Check]], None]] = None) -> GateResult:

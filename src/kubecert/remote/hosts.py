@@ -942,29 +942,22 @@ def _ansible_hosts(inv: _Inventory, src: _Src, cp_group: Optional[str], etcd_gro
         if named is not None and named not in inv.groups:
             raise src.error(f"no group {named!r} ({flag}); groups here: {_real_groups(inv)}")
 
-    if cp_group is not None:
-        cps = tree.hosts(cp_group)
-        if not cps:
-            raise src.error(f"no hosts in group {cp_group} (--cp-group)")
-    else:
-        cps = next((hs for hs in (tree.hosts(g) for g in CP_GROUPS if g in inv.groups) if hs), [])
-        if not cps:
-            raise src.error(f"no hosts in groups {'/'.join(CP_GROUPS)}; pass --cp-group (groups here: "
-                            f"{_real_groups(inv)})")
+    def pick(named: Optional[str], flag: str, defaults: Sequence[str]) -> List[str]:
+        """The hosts of the group the flag names (which must have some), else of the first default
+        group that has any."""
+        if named is not None:
+            found = tree.hosts(named)
+            if not found:
+                raise src.error(f"no hosts in group {named} ({flag})")
+            return found
+        return next((hs for hs in (tree.hosts(g) for g in defaults if g in inv.groups) if hs), [])
 
-    if etcd_group is not None:
-        etcd = tree.hosts(etcd_group)
-        if not etcd:
-            raise src.error(f"no hosts in group {etcd_group} (--etcd-group)")
-    else:
-        etcd = next((tree.hosts(g) for g in ETCD_GROUPS if g in inv.groups), [])
-
-    if worker_group is not None:
-        workers = tree.hosts(worker_group)
-        if not workers:
-            raise src.error(f"no hosts in group {worker_group} (--worker-group)")
-    else:
-        workers = next((hs for hs in (tree.hosts(g) for g in WORKER_GROUPS if g in inv.groups) if hs), [])
+    cps = pick(cp_group, "--cp-group", CP_GROUPS)
+    if not cps:
+        raise src.error(f"no hosts in groups {'/'.join(CP_GROUPS)}; pass --cp-group (groups here: "
+                        f"{_real_groups(inv)})")
+    etcd = pick(etcd_group, "--etcd-group", ETCD_GROUPS)
+    workers = pick(worker_group, "--worker-group", WORKER_GROUPS)
 
     members, cp_set = set(etcd), set(cps)  # sets: groups may hold up to MAX_INVENTORY_HOSTS hosts
     etcd_only = [name for name in etcd if name not in cp_set]
