@@ -401,3 +401,20 @@ def test_embedded_credentials_and_a_relative_ca_path(lab: Lab) -> None:
     a = lab.agent(root)
     a.wait(ok, "ok")
     assert "node worker-2 (client cert until" in a.log() and "PRIVATE KEY" not in a.log(), a.log()
+
+
+def test_two_agents_with_one_node_name_both_stay_ok(lab: Lab) -> None:
+    """Two writers of one Lease (a node copied, or an old kubelet not yet gone) conflict with a 409;
+    the agent reads the Lease again and retries, as the kubelet's lease controller does."""
+    twins = [lab.agent(lab.copy_worker("worker-2", f"worker-2-twin-{i}"), "--interval", "0.1") for i in (1, 2)]
+    for a in twins:
+        a.wait(ok, "ok")
+    seen: List[Tuple[int, str]] = []
+    deadline = time.monotonic() + 4
+    while time.monotonic() < deadline:
+        seen += [a.healthz() for a in twins]
+        time.sleep(0.02)
+    conflicts = [s for s in seen if "409" in s[1]]
+    assert not conflicts, f"{len(conflicts)} of {len(seen)} a conflict, first: {conflicts[0]}"
+    assert seen.count((200, "ok")) > len(seen) // 2, seen
+    assert not [a.log() for a in twins if "409" in a.log()]

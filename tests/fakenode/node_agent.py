@@ -17,9 +17,10 @@ inside it: ``kubelet-client-current.pem`` -> the dated pem holding cert + key) o
 client certificate's CN minus ``system:node:``.
 
 Every ``--interval`` seconds one sync over HTTPS (the server certificate verified against the CA and
-the URL's host name, or tls-server-name): GET the Node (POST it on 404); PATCH its status
-(merge patch) with a Ready=True condition; GET the Lease ``kube-node-lease/NAME`` (POST on 404) and
-PUT it back with ``renewTime`` now. ``--resolve HOST=IP,...`` connects to those addresses for the
+the URL's host name, or tls-server-name): GET the Node (POST it on 404; on AlreadyExists GET it
+again); PATCH its status (merge patch) with a Ready=True condition; GET the Lease
+``kube-node-lease/NAME`` (POST on 404) and PUT it back with ``renewTime`` now (on a 409 conflict read
+it again and retry, up to 5 times, as the kubelet does). ``--resolve HOST=IP,...`` connects to those addresses for the
 URL's host, in turn from the last one that worked (a client-side load balancer; the lab has no DNS).
 
 Plain-HTTP ``GET /healthz``: 200 ``ok`` while the last sync succeeded within 3 intervals, else 500 and
@@ -59,6 +60,7 @@ KUBELET_CONF = "etc/kubernetes/kubelet.conf"
 KUBELET_CONFIG = "var/lib/kubelet/config.yaml"
 LEASE_NS = "kube-node-lease"
 LEASE_SECONDS = 40
+LEASE_RETRIES = 5
 TIMEOUT = 5.0  # seconds per connection and per request
 NODE_PREFIX = "system:node:"
 
@@ -219,10 +221,12 @@ class Agent:
         seconds = now.strftime("%Y-%m-%dT%H:%M:%SZ")
         try:
             status, node = self._call(conn, "GET", f"/api/v1/nodes/{name}", ok=(200, 404))
-            if status == 404:
-                _, node = self._call(conn, "POST", "/api/v1/nodes", {
+            if status == 404:  # register; AlreadyExists (another agent was first): use that one, as the kubelet does
+                status, node = self._call(conn, "POST", "/api/v1/nodes", {
                     "apiVersion": "v1", "kind": "Node",
-                    "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}}})
+                    "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}}}, ok=(200, 201, 409))
+                if status == 409:
+                    _, node = self._call(conn, "GET", f"/api/v1/nodes/{name}")
             ready = [c for c in (node.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"]
             since = ready[0].get("lastTransitionTime") if ready and ready[0].get("status") == "True" else None
             self._call(conn, "PATCH", f"/api/v1/nodes/{name}/status", {"status": {"conditions": [{
@@ -230,19 +234,30 @@ class Agent:
                 "message": "kubelet is posting ready status (kubecert node agent)",
                 "lastHeartbeatTime": seconds, "lastTransitionTime": since or seconds}]}},
                 content_type="application/merge-patch+json")
-            leases = f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NS}/leases"
-            status, lease = self._call(conn, "GET", f"{leases}/{name}", ok=(200, 404))
-            spec = {"holderIdentity": name, "leaseDurationSeconds": LEASE_SECONDS, "renewTime": S.rfc3339(now)}
-            if status == 404:
-                owner = {"apiVersion": "v1", "kind": "Node", "name": name, "uid": node["metadata"]["uid"]}
-                self._call(conn, "POST", leases, {
-                    "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                    "metadata": {"name": name, "namespace": LEASE_NS, "ownerReferences": [owner]}, "spec": spec})
-            else:
-                lease["spec"] = {**(lease.get("spec") or {}), **spec}
-                self._call(conn, "PUT", f"{leases}/{name}", lease)
+            self._renew_lease(conn, name, node, now)
         finally:
             conn.close()
+
+    def _renew_lease(self, conn: _Connection, name: str, node: Dict[str, Any], now: Any) -> None:
+        """GET then PUT (POST on 404) the node's Lease; on a 409 (someone else wrote it in between: another
+        agent with the same node name) read it again and retry, as the kubelet's lease controller does
+        (it tries five times)."""
+        leases = f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NS}/leases"
+        spec = {"holderIdentity": name, "leaseDurationSeconds": LEASE_SECONDS, "renewTime": S.rfc3339(now)}
+        for attempt in range(LEASE_RETRIES):
+            last = attempt == LEASE_RETRIES - 1
+            status, lease = self._call(conn, "GET", f"{leases}/{name}", ok=(200, 404))
+            if status == 404:
+                owner = {"apiVersion": "v1", "kind": "Node", "name": name, "uid": node["metadata"]["uid"]}
+                status, _ = self._call(conn, "POST", leases, {
+                    "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": name, "namespace": LEASE_NS, "ownerReferences": [owner]}, "spec": spec},
+                    ok=(200, 201) if last else (200, 201, 409))
+            else:
+                lease["spec"] = {**(lease.get("spec") or {}), **spec}
+                status, _ = self._call(conn, "PUT", f"{leases}/{name}", lease, ok=(200,) if last else (200, 409))
+            if status != 409:
+                return
 
     # ----------------------------------------------------------------------------------- state
 
