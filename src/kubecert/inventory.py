@@ -247,6 +247,39 @@ class _Scan:
                       f"CA {e.name} is not valid before {x509ops.not_before(cert):%Y-%m-%d %H:%M} UTC",
                       "check the node's clock (timedatectl)")
 
+    def audit_ca_expiry(self, ca_warn: dt.timedelta) -> None:
+        for name, cert in self.ca_certs.items():
+            left = x509ops.not_after(cert) - self.now
+            if dt.timedelta(0) < left <= ca_warn:
+                path = self.layout.cert(spec.entry(name))
+                fix = (f"kubecert ca renew {name} (the same key: every certificate it signed keeps working)"
+                       if self.ca_has_key.get(name) else
+                       f"renew it where {self.fs.display(self.layout.key(spec.entry(name)))} is (kubecert ca renew "
+                       f"{name}), then here: kubecert ca renew {name} --cert FILE")
+                self.find(WARNING, "ca-expiring", name, path,
+                          f"CA {name} expires on {x509ops.not_after(cert):%Y-%m-%d} (in {left.days} days); "
+                          "everything that trusts it stops then", fix)
+
+    def audit_ca_copies(self) -> None:
+        """Every copy of a CA on the node (kubeconfigs, files the components' flags name) is the very
+        certificate of the PKI dir, not an older version of it."""
+        from . import cacopies
+
+        for tf in cacopies.trust_files(self.fs, self.facts.pki_dir):
+            try:
+                certs = cacopies.certs_in(self.fs, tf)
+            except KubecertError:
+                continue  # unreadable kubeconfigs are reported where they are scanned
+            for name, ca in self.ca_certs.items():
+                stale = [c for c in certs if x509ops.same_ca(c, ca)
+                         and x509ops.fingerprint(c) != x509ops.fingerprint(ca)]
+                if stale:
+                    shown = self.fs.display(self.layout.cert(spec.entry(name)))
+                    self.find(WARNING, "ca-copy-stale", name, tf.path,
+                              f"{tf.what} holds another version of CA {name} (serial {stale[0].serial_number:X}, "
+                              f"until {x509ops.not_after(stale[0]):%Y-%m-%d}) than {shown}",
+                              f"kubecert ca renew {name} --cert {shown} (puts it in every copy)")
+
     def _audit_chain(self, e: spec.Entry, cert: x509.Certificate, path: str) -> None:
         """Signed by its CA, within its CA's lifetime, dates, subject shape."""
         assert e.ca is not None
@@ -336,7 +369,7 @@ class _Scan:
                 same = x509ops.fingerprint(kc_ca) == x509ops.fingerprint(ca)
             except KubecertError:
                 same = False
-            if not same:
+            if not same and not x509ops.same_ca(kc_ca, ca):  # an older version: see audit_ca_copies
                 self.find(ERROR, "kubeconfig-ca", e.name, path,
                           f"{e.name} certificate-authority-data differs from "
                           f"{self.fs.display(self.layout.cert(spec.entry('ca')))}",
@@ -406,9 +439,13 @@ def _norm_ip(value: str) -> str:
         return value
 
 
+CA_WARN = dt.timedelta(days=365)
+
+
 def scan(fs: NodeFS, *, now: dt.datetime, profile: Optional[spec.Profile] = None,
-         facts: Optional[NodeFacts] = None) -> NodeReport:
-    """Inventory and audit one node. ``now`` must be timezone-aware."""
+         facts: Optional[NodeFacts] = None, ca_warn: dt.timedelta = CA_WARN) -> NodeReport:
+    """Inventory and audit one node. ``now`` must be timezone-aware. ``ca_warn``: a CA that expires
+    within it is a warning (a CA is renewed long before its end: everything trusts it)."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     facts = facts or gather(fs)
@@ -427,6 +464,8 @@ def scan(fs: NodeFS, *, now: dt.datetime, profile: Optional[spec.Profile] = None
         item = s.scan_entry(spec.entry(name))
         if item is not None:
             items[name] = item
+    s.audit_ca_expiry(ca_warn)
+    s.audit_ca_copies()
     if s.loose_modes:  # one finding, not one per file: the fix is one chmod
         names = ", ".join(f"{n} ({m:04o})" for n, _, m, _ in s.loose_modes)
         first = s.loose_modes[0][1]

@@ -193,6 +193,43 @@ def rewrite_kubeconfig(raw: bytes, user: str, cert_pem: bytes, key_pem: bytes, c
     return bom + yaml.safe_dump(doc, sort_keys=False).encode(enc)
 
 
+def rewrite_kubeconfig_ca(raw: bytes, replace: Callable[[bytes], Optional[bytes]],
+                    source: str = "kubeconfig") -> Tuple[bytes, Tuple[str, ...]]:
+    """Every cluster's ``certificate-authority-data`` passed through ``replace`` (its PEM -> the new
+    PEM, or None to keep it), every other byte kept. Returns (the new file, the clusters changed);
+    the file unchanged and () when nothing changes."""
+    doc = yamlsafe.load(raw, source, KubeconfigError)
+    if not isinstance(doc, dict):
+        raise KubeconfigError(f"{source}: not a kubeconfig (expected a mapping)")
+    changes: Dict[str, str] = {}  # old base64 -> new base64
+    changed: List[str] = []
+    entries = [x for x in doc.get("clusters") or [] if isinstance(x, dict) and isinstance(x.get("cluster"), dict)]
+    for item in entries:
+        old = item["cluster"].get("certificate-authority-data")
+        pem = _b64decode(old) if isinstance(old, str) and old else None
+        new = replace(pem) if pem is not None else None
+        if new is None or new == pem:
+            continue
+        changes[old] = _encode64(new)
+        item["cluster"]["certificate-authority-data"] = changes[old]
+        changed.append(str(item.get("name")))
+    if not changes:
+        return raw, ()
+    text, enc, bom = _decode(raw, source)
+    uses = {old: sum(1 for x in entries if x["cluster"].get("certificate-authority-data") == changes[old])
+            for old in changes}
+    if all(text.count(old) == len(_scalar(old).findall(text)) == uses[old] for old in changes):
+        for old, new64 in changes.items():
+            text = _scalar(old).sub(_keeping_quotes(new64), text)
+        out = bom + text.encode(enc)
+        check = yamlsafe.load(out, source, KubeconfigError)
+        if isinstance(check, dict) and check.get("clusters") == doc.get("clusters"):
+            return out, tuple(changed)
+    import yaml  # fallback: same data, re-serialised (comments and line ends are not kept)
+
+    return bom + yaml.safe_dump(doc, sort_keys=False).encode(enc), tuple(changed)
+
+
 def _b64decode(value: str) -> Optional[bytes]:
     try:
         return base64.b64decode(value, validate=True)

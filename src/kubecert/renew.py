@@ -555,15 +555,17 @@ def apply(fs: NodeFS, p: Plan, *, fault: Optional[Fault] = None) -> Backup:
 
 
 def renew(fs: NodeFS, names: Sequence[str], *, now: dt.datetime, fault: Optional[Fault] = None,
-          confirm: Optional[Callable[[Plan], bool]] = None, **kwargs: Any) -> Result:
+          confirm: Optional[Callable[[Plan], bool]] = None, planner: Optional[Callable[..., Plan]] = None,
+          applier: Optional[Callable[..., Backup]] = None, **kwargs: Any) -> Result:
     """The node workflow without restarts: lock, recover any interrupted change, plan, ``confirm``
-    (shown the plan; False = write nothing), apply."""
+    (shown the plan; False = write nothing), apply. ``planner``/``applier``: another engine of the
+    same shape (carenew)."""
     with fs.lock(LOCK):
         recovered = recover_node(fs, now)
-        p = plan(fs, names, now=now, **kwargs)
+        p = (planner or plan)(fs, names, now=now, **kwargs)
         if confirm is not None and not confirm(p) or not p.writes:
             return Result(p, None, recovered)
-        backup = apply(fs, p, fault=fault)
+        backup = (applier or apply)(fs, p, fault=fault)
     return Result(p, backup, recovered)
 
 

@@ -15,14 +15,14 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Sequence, Tuple
 
 from cryptography import x509
 
 from . import x509ops, yamlsafe
 from .errors import KubecertError
 from .kubeconfig import rewrite_kubeconfig
-from .store import NodeFS
+from .store import FileInfo, NodeFS
 from .store.txn import Write
 
 USER_KUBE_DIRS = ("/root/.kube",)
@@ -85,14 +85,10 @@ def _holds_key(body: Dict[str, Any], old: x509.Certificate) -> bool:
     return x509ops.key_matches_cert(old, key)
 
 
-def plan_copies(fs: NodeFS, renewed: Sequence[Renewed]) -> Tuple[List[Write], List[CopyUpdate], List[str]]:
-    """(writes, updates, notes) for every copy of a renewed admin kubeconfig under the users' .kube dirs."""
-    olds = [r for r in renewed if r.name in ("admin.conf", "super-admin.conf")]
-    writes: List[Write] = []
-    updates: List[CopyUpdate] = []
-    notes: List[str] = []
-    if not olds:
-        return writes, updates, notes
+def candidates(fs: NodeFS, notes: List[str]) -> Iterator[Tuple[str, FileInfo, bytes]]:
+    """(node path, info, contents) of every file under the users' .kube dirs that kubecert may update:
+    a regular file, not a link, at most 1 MiB, owned by the owner of its .kube dir and home (any owner
+    in a root-owned chain). What is left alone gets a note."""
     for d in _kube_dirs(fs, notes):
         try:
             if fs.readlink(d) is not None:
@@ -126,33 +122,49 @@ def plan_copies(fs: NodeFS, renewed: Sequence[Renewed]) -> Tuple[List[Write], Li
                                  f"belong to uid {dinfo.uid} / {home.uid}; left alone")
                     continue
                 raw = fs.read(path)
-                doc = yamlsafe.load(raw, fs.display(path))
             except KubecertError as exc:
                 notes.append(f"{fs.display(path)}: left alone ({exc})")
                 continue
-            if not isinstance(doc, dict) or not isinstance(doc.get("users"), list):
+            yield path, info, raw
+
+
+def plan_copies(fs: NodeFS, renewed: Sequence[Renewed]) -> Tuple[List[Write], List[CopyUpdate], List[str]]:
+    """(writes, updates, notes) for every copy of a renewed admin kubeconfig under the users' .kube dirs."""
+    olds = [r for r in renewed if r.name in ("admin.conf", "super-admin.conf")]
+    writes: List[Write] = []
+    updates: List[CopyUpdate] = []
+    notes: List[str] = []
+    if not olds:
+        return writes, updates, notes
+    for path, info, raw in candidates(fs, notes):
+        try:
+            doc = yamlsafe.load(raw, fs.display(path))
+        except KubecertError as exc:
+            notes.append(f"{fs.display(path)}: left alone ({exc})")
+            continue
+        if not isinstance(doc, dict) or not isinstance(doc.get("users"), list):
+            continue
+        data = raw
+        for user in doc["users"]:
+            body = user.get("user") if isinstance(user, dict) else None
+            if not isinstance(body, dict) or not isinstance(user.get("name"), str):
                 continue
-            data = raw
-            for user in doc["users"]:
-                body = user.get("user") if isinstance(user, dict) else None
-                if not isinstance(body, dict) or not isinstance(user.get("name"), str):
+            for src in olds:
+                if not _same_cert(body, src.old):
                     continue
-                for src in olds:
-                    if not _same_cert(body, src.old):
-                        continue
-                    if not _holds_key(body, src.old):
-                        notes.append(f"{fs.display(path)} [{user['name']}]: holds the old {src.name} certificate "
-                                     "but not its private key; left alone")
-                        break
-                    try:
-                        data = rewrite_kubeconfig(data, user["name"], src.cert_pem, src.key_pem, None, None,
-                                                  fs.display(path))
-                    except KubecertError as exc:
-                        notes.append(f"{fs.display(path)}: left alone ({exc})")
-                        data = raw
-                        break
-                    updates.append(CopyUpdate(path, user["name"], src))
+                if not _holds_key(body, src.old):
+                    notes.append(f"{fs.display(path)} [{user['name']}]: holds the old {src.name} certificate "
+                                 "but not its private key; left alone")
                     break
-            if data != raw:  # it now holds a new private key: owner-only, as kubeadm's own files
-                writes.append(Write(path, data, info.mode & 0o700 or 0o600, uid=info.uid, gid=info.gid))
+                try:
+                    data = rewrite_kubeconfig(data, user["name"], src.cert_pem, src.key_pem, None, None,
+                                              fs.display(path))
+                except KubecertError as exc:
+                    notes.append(f"{fs.display(path)}: left alone ({exc})")
+                    data = raw
+                    break
+                updates.append(CopyUpdate(path, user["name"], src))
+                break
+        if data != raw:  # it now holds a new private key: owner-only, as kubeadm's own files
+            writes.append(Write(path, data, info.mode & 0o700 or 0o600, uid=info.uid, gid=info.gid))
     return writes, updates, notes

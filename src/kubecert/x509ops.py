@@ -436,3 +436,33 @@ def reissue(old: x509.Certificate, public_key: PublicKey, ca_cert: Optional[x509
             pass
         b = b.add_extension(value, critical=ext.critical)
     return b.sign(ca_key, _hash_for(ca_key))
+
+
+# ---------------------------------------------------------------------------------------------
+# CA renewal: the same CA, a new lifetime
+# ---------------------------------------------------------------------------------------------
+
+def same_ca(a: x509.Certificate, b: x509.Certificate) -> bool:
+    """Two versions of one CA: the same subject and the same key. A certificate either one signed
+    verifies against the other (same issuer name, same AKI, same key)."""
+    return a.subject == b.subject and spki_der(a.public_key()) == spki_der(b.public_key())  # type: ignore[arg-type,unused-ignore]
+
+
+def renew_ca(old: x509.Certificate, key: PrivateKey, not_before: dt.datetime, not_after: dt.datetime,
+             serial: Optional[int] = None) -> x509.Certificate:
+    """``old`` re-issued by its own key: the same subject and issuer, every extension verbatim in the
+    same order and criticality (SKI and AKI included: the key does not change), a new serial and
+    validity, the same signature hash. Refuses a key that is not ``old``'s."""
+    if not key_matches_cert(old, key):
+        raise PKIError("the CA key does not match the CA certificate; refusing to renew it")
+    b = (x509.CertificateBuilder().subject_name(old.subject).issuer_name(old.issuer)
+         .public_key(key.public_key()).serial_number(serial or random_serial())
+         .not_valid_before(not_before).not_valid_after(not_after))
+    for ext in old.extensions:
+        b = b.add_extension(ext.value, critical=ext.critical)
+    algorithm = old.signature_hash_algorithm if isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)) \
+        else None
+    new = b.sign(key, algorithm or _hash_for(key))  # type: ignore[arg-type]
+    if not (same_ca(old, new) and signed_by(new, new)):
+        raise PKIError("internal error: the renewed CA certificate does not verify")
+    return new

@@ -41,6 +41,7 @@ COMMANDS: Dict[str, str] = {
     "backups": "backups:backups",
     "rollback": "backups:rollback",
     "recover": "backups:recover",
+    "ca": "ca:ca",
     "cluster": "cluster:cluster",
     "lab": "lab:lab",
 }

@@ -17,10 +17,12 @@ from .common import handle_errors, now_option, parse_duration, parse_now, profil
               show_default=True)
 @click.option("--warn", "warn_text", default="30d", show_default=True, help="Exit 1 if anything expires within.")
 @click.option("--crit", "crit_text", default="7d", show_default=True, help="Exit 2 if anything expires within.")
+@click.option("--ca-warn", "ca_warn_text", default="365d", show_default=True,
+              help="A CA that expires within this is a warning (renew it with `kubecert ca renew`).")
 @now_option
 @profile_option
 @handle_errors
-def check(root: str, output: str, warn_text: str, crit_text: str, now_text: Optional[str],
+def check(root: str, output: str, warn_text: str, crit_text: str, ca_warn_text: str, now_text: Optional[str],
           profile_text: Optional[str]) -> None:
     """Inventory and audit a node's PKI (kubeadm check-expiration, and more).
 
@@ -36,7 +38,7 @@ def check(root: str, output: str, warn_text: str, crit_text: str, now_text: Opti
 
     profile = spec.parse_profile(profile_text) if profile_text else None
     fs = LocalFS(root)
-    report = scan(fs, now=now, profile=profile)
+    report = scan(fs, now=now, profile=profile, ca_warn=parse_duration(ca_warn_text))
     code = report.exit_code(warn, crit)
     from ..space import human, renewal_needs
 

@@ -71,7 +71,7 @@ def renew(names: tuple[str, ...], root: str, days: int, key_mode: str, key_type:
     profile = spec.parse_profile(profile_text) if profile_text else None
     console: Any = console_for() if restart else Plain()
     selected = list(names) or ["all"]
-    kwargs = dict(days=days, key_mode=key_mode, key_type=key_type, profile=profile,
+    kwargs: dict[str, Any] = dict(days=days, key_mode=key_mode, key_type=key_type, profile=profile,
                   update_user_kubeconfigs=update_user_kubeconfigs, clock=real_now(), min_days=min_days,
                   force_validity=force_validity)
     if dry_run:
@@ -81,7 +81,7 @@ def renew(names: tuple[str, ...], root: str, days: int, key_mode: str, key_type:
             click.echo(f"warning: an interrupted change is pending ({fs.display(JOURNAL)}); the files may be "
                        "half-renewed. `kubecert recover` (or the next renew) rolls it back; this plan reads "
                        "the tree as it is now.", err=True)
-        p = R.plan(fs, selected, now=now, **kwargs)  # type: ignore[arg-type]
+        p = R.plan(fs, selected, now=now, **kwargs)
         print_plan(p, console)
         console.print(f"dry run: {len(p.renewed)} to renew, {len(p.writes)} file(s) would be written; "
                       "nothing was written")
@@ -93,18 +93,7 @@ def renew(names: tuple[str, ...], root: str, days: int, key_mode: str, key_type:
                        runtime_setup(cri, strategy, service_manager, restart_commands, gate_timeouts,
                                       restart_timeout))
         return
-    def confirm(p: Any) -> bool:
-        print_plan(p, console)
-        if not p.writes:
-            return False
-        if not yes:
-            if not sys.stdin.isatty():
-                fail("not a terminal and --yes not given; re-run with --yes to apply this plan")
-            if not click.confirm(f"Renew {len(p.renewed)} item(s), writing {len(p.writes)} file(s)?"):
-                fail("aborted; nothing was written", 1)
-        return True
-
-    result = R.renew(fs, selected, now=now, fault=fault_from_env(), confirm=confirm, **kwargs)
+    result = R.renew(fs, selected, now=now, fault=fault_from_env(), confirm=confirmer(console, yes), **kwargs)
     if result.recovered:
         console.print(f"recovered: {result.recovered}")
     p, backup = result.plan, result.backup
@@ -119,6 +108,22 @@ def renew(names: tuple[str, ...], root: str, days: int, key_mode: str, key_type:
     _fail_on_stranded(p)
 
 
+def confirmer(console: Any, yes: bool) -> Any:
+    """The plan shown, then asked about (or --yes); False when there is nothing to write."""
+    def confirm(p: Any) -> bool:
+        print_plan(p, console)
+        if not p.writes:
+            return False
+        if not yes:
+            if not sys.stdin.isatty():
+                fail("not a terminal and --yes not given; re-run with --yes to apply this plan")
+            if not click.confirm(f"Renew {len(p.renewed)} item(s), writing {len(p.writes)} file(s)?"):
+                fail("aborted; nothing was written", 1)
+        return True
+
+    return confirm
+
+
 def _fail_on_stranded(p: Any) -> None:
     if p.stranded:
         names = ", ".join(i.name for i in p.stranded)
@@ -127,7 +132,9 @@ def _fail_on_stranded(p: Any) -> None:
 
 
 def _renew_restart(fs: Any, selected: list[str], now: dt.datetime, kwargs: dict[str, Any], console: Any,
-                   rollback: bool, setup: Any) -> None:
+                   rollback: bool, setup: Any, engine: Any = None) -> Any:
+    """renew (or ``engine``: a module with renew's plan/apply, e.g. carenew) -> restart -> verify; prints
+    it all; returns the outcome when it succeeded (exits otherwise)."""
     from rich.table import Table
 
     from ..inventory import scan
@@ -136,14 +143,15 @@ def _renew_restart(fs: Any, selected: list[str], now: dt.datetime, kwargs: dict[
     options, timeouts = setup
     before = scan(fs, now=now)
     console.print(f"check: {len(before.items)} item(s), {len(before.findings)} finding(s) before renewal")
+    extra = {} if engine is None else {"planner": engine.plan, "applier": engine.apply}
     outcome = renew_restart(fs, selected, now=now, options=options, timeouts=timeouts, rollback=rollback,
-                            progress=progress_printer(console), fault=fault_from_env(), **kwargs)
+                            progress=progress_printer(console), fault=fault_from_env(), **extra, **kwargs)
     if outcome.recovered:
         console.print(f"recovered: {outcome.recovered}")
     print_plan(outcome.plan, console)
     if outcome.backup is None:
         console.print("nothing to renew")
-        return
+        return None
     print_steps(outcome.first.steps, console, "Restarts and health gates")
     if outcome.after_rollback is not None:
         print_steps(outcome.after_rollback.steps, console, "After restoring the backup")
@@ -166,7 +174,7 @@ def _renew_restart(fs: Any, selected: list[str], now: dt.datetime, kwargs: dict[
     code = outcome.exit_code
     if code == 0:
         console.print(f"done: renewed, restarted and verified; backup {outcome.backup.id}")
-        return
+        return outcome
     failed = outcome.first.failed
     what = f"{failed.component} failed" if failed else "a step failed"
     if code == 4:

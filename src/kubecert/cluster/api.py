@@ -47,10 +47,18 @@ class ClusterAPI:
 
     def get(self, path: str) -> Tuple[int, Any]:
         """(status, decoded JSON or None) from the first apiserver that answers; ProbeError if none does."""
+        return self._send("GET", path, None)
+
+    def put(self, path: str, doc: Any) -> Tuple[int, Any]:
+        """PUT ``doc`` (JSON) to the first apiserver that answers: (status, decoded JSON or None)."""
+        return self._send("PUT", path, json.dumps(doc).encode())
+
+    def _send(self, method: str, path: str, body: Optional[bytes]) -> Tuple[int, Any]:
         errors = []
         for ep in self.endpoints:
             try:
-                r = probes.request(ep, self.creds, path=path, timeout=self.timeout, limit=MAX_OBJECT, ctx=self._ctx)
+                r = probes.request(ep, self.creds, method=method, path=path, body=body, timeout=self.timeout,
+                                   limit=MAX_OBJECT, ctx=self._ctx)
             except probes.ProbeError as exc:
                 errors.append(f"{ep.host}:{ep.port}: {exc}")
                 continue
@@ -127,3 +135,16 @@ def connect_api(hosts: Sequence[Any], connect: Connect, timeout: float = 5.0) ->
     if creds is None or not endpoints:
         return None
     return ClusterAPI(endpoints, creds, timeout)
+
+
+def local_api(fs: Any, timeout: float = 5.0) -> Optional[ClusterAPI]:
+    """This node's own kube-apiserver with this node's admin.conf; None without either."""
+    admin = f"{L.KUBERNETES_DIR}/admin.conf"
+    ep = Verifier(fs, timeout=timeout).endpoints.get("kube-apiserver")
+    if ep is None or not fs.exists(admin):
+        return None
+    kc = parse_kubeconfig(fs.read(admin), fs.display(admin))
+    if not (kc.client_cert_data and kc.client_key_data):
+        return None
+    return ClusterAPI([Endpoint(ep.component, ep.scheme, ep.host, ep.port, "/", ep.source)],
+                      probes.Creds(kc.ca_data, kc.client_cert_data, kc.client_key_data), timeout)

@@ -126,20 +126,22 @@ def renew_restart(fs: NodeFS, names: Sequence[str], *, now: dt.datetime, options
                   timeouts: Optional[Timeouts] = None, rollback: bool = True, progress: Progress = _no_progress,
                   fault: Optional[Fault] = None, runner: Optional[Runner] = None,
                   verifier_factory: Optional[Callable[[NodeFS], Verifier]] = None,
+                  planner: Callable[..., R.Plan] = R.plan, applier: Callable[..., Backup] = R.apply,
                   **plan_kwargs: object) -> Outcome:
-    """The one command: plan, back up, renew, restart with gates, roll back on failure."""
+    """The one command: plan, back up, renew, restart with gates, roll back on failure. ``planner`` and
+    ``applier``: another engine with renew's shape (:mod:`kubecert.carenew`)."""
     options = options or Options()
     timeouts = timeouts or Timeouts()
     with fs.lock(LOCK):
         recovered = recover_node(fs, now)
-        p = R.plan(fs, names, now=now, **plan_kwargs)  # type: ignore[arg-type]
+        p = planner(fs, names, now=now, **plan_kwargs)
         verifier = verifier_factory(fs) if verifier_factory else Verifier(fs)
         components = [c for c in p.components if _runs_here(fs, c, verifier)]
         # choose adapters before touching anything: a node we cannot restart is refused unchanged
         choices = choose(fs, verifier.facts, components, options, runner)
         if not p.writes:
             return Outcome(p, None, Sequence_(()), recovered=recovered)
-        backup = R.apply(fs, p, fault=fault)
+        backup = applier(fs, p, fault=fault)
         progress("", f"renewed {len(p.renewed)} item(s); backup {backup.id}")
         first = restart_in_order(verifier, choices, components, timeouts, progress)
         if first.ok or not rollback:

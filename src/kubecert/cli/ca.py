@@ -1,0 +1,148 @@
+"""`kubecert ca renew`: renew a node's CA certificates in place (the same key), and every copy."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import click
+
+from .. import spec
+from .common import (
+    Plain,
+    console_for,
+    fail,
+    fault_from_env,
+    handle_errors,
+    now_option,
+    parse_duration,
+    parse_now,
+    print_plan,
+    profile_option,
+    real_now,
+    root_option,
+    runtime_options,
+    runtime_setup,
+    with_validity,
+)
+
+
+@click.group()
+def ca() -> None:
+    """The CAs: renew them in place (the same key: nothing they signed must change)."""
+
+
+@ca.command("renew")
+@click.argument("names", nargs=-1, type=click.Choice(("all",) + spec.CA_NAMES))
+@root_option
+@click.option("--days", default=3650, show_default=True, type=click.IntRange(1, 36500),
+              help="Validity of the renewed CA certificates.")
+@click.option("--within", "within_text", default="365d", show_default=True,
+              help="Of `all`, renew only the CAs that expire within this (named CAs are always renewed).")
+@click.option("--cert", "cert_files", multiple=True, type=click.Path(dir_okay=False),
+              help="A CA certificate renewed elsewhere (where its key is) to install here, with every copy "
+                   "(repeatable). Must be a later version of this node's CA: the same subject and key.")
+@click.option("--update-user-kubeconfigs", is_flag=True,
+              help="Also update certificate-authority-data in the kubeconfigs under /root/.kube and /home/*/.kube.")
+@click.option("--no-cluster-info", is_flag=True,
+              help="Leave kube-public/cluster-info alone (default: update it through this node's apiserver "
+                   "when it answers).")
+@click.option("--dry-run", is_flag=True, help="Show the plan; write nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Apply without asking.")
+@click.option("--restart", is_flag=True,
+              help="Then restart what loads the CA files, in order, each gated on health; roll back on failure.")
+@click.option("--no-rollback", is_flag=True, help="With --restart: leave a failed node as it is, for inspection.")
+@runtime_options
+@with_validity
+@now_option
+@profile_option
+@handle_errors
+def renew(names: tuple[str, ...], root: str, days: int, within_text: str, cert_files: tuple[str, ...],
+          update_user_kubeconfigs: bool, no_cluster_info: bool, dry_run: bool, yes: bool, restart: bool,
+          no_rollback: bool, cri: Optional[str], strategy: str, service_manager: Optional[str],
+          restart_commands: tuple[str, ...],
+          gate_timeouts: tuple[str, ...], restart_timeout: float, min_days: float, force_validity: bool,
+          now_text: Optional[str], profile_text: Optional[str]) -> None:
+    """Renew CA certificates with their own keys: a new serial and NotAfter, the same key, subject,
+    SKI and extensions, so every certificate they signed keeps verifying.
+
+    NAMES: ca, front-proxy-ca, etcd-ca or all (the default). The new CA is then put everywhere the
+    node copies it: the PKI dir, certificate-authority-data in every kubeconfig, the files the
+    components' flags name (--client-ca-file, --etcd-cafile, the kubelet's clientCAFile, ...) and
+    kube-public/cluster-info. A node without the CA key takes the renewed cert with --cert FILE.
+    Backed up and undone like renew (kubecert rollback).
+    """
+    now = parse_now(now_text)
+    from .. import carenew as C
+    from ..store import LocalFS
+    from .renew import _renew_restart, confirmer
+
+    fs = LocalFS(root)
+    supplied = []
+    for path in cert_files:
+        try:
+            with open(path, "rb") as f:
+                data = f.read(1 << 20)
+        except OSError as exc:
+            fail(f"{path}: {exc.strerror}; nothing was changed")
+        supplied.append((C.load_supplied(data, path), path))
+    profile = spec.parse_profile(profile_text) if profile_text else None
+    console: Any = console_for() if restart else Plain()
+    selected = list(names) or ([] if supplied else ["all"])
+    kwargs: dict[str, Any] = dict(days=days, profile=profile, update_user_kubeconfigs=update_user_kubeconfigs,
+                                  clock=real_now(), min_days=min_days, force_validity=force_validity,
+                                  supplied=supplied, within=parse_duration(within_text))
+    if dry_run:
+        p = C.plan(fs, selected, now=now, **kwargs)
+        print_plan(p, console)
+        console.print(f"dry run: {len(p.renewed)} to renew, {len(p.writes)} file(s) would be written; "
+                      "nothing was written")
+        return
+    if restart:
+        if not yes:
+            fail("--restart changes a running node: pass --yes (review the plan first with --dry-run)")
+        outcome = _renew_restart(fs, selected, now, kwargs, console, not no_rollback,
+                                 runtime_setup(cri, strategy, service_manager, restart_commands, gate_timeouts,
+                                               restart_timeout), engine=C)
+        if outcome is not None and not no_cluster_info:
+            _cluster_info(fs, outcome.plan, console)
+        return
+    result = C.renew(fs, selected, now=now, fault=fault_from_env(), confirm=confirmer(console, yes), **kwargs)
+    if result.recovered:
+        console.print(f"recovered: {result.recovered}")
+    p, backup = result.plan, result.backup
+    if backup is None:
+        console.print("nothing to write: no CA is due (see --within) and every copy is current")
+        if not no_cluster_info and p.items:
+            _cluster_info(fs, p, console)
+        return
+    console.print(f"renewed {len(p.renewed)} item(s); backup {backup.id} in {fs.display(backup.dir)} "
+                  f"(undo: kubecert rollback {backup.id}{'' if root == '/' else ' --root ' + root})")
+    if not no_cluster_info:
+        _cluster_info(fs, p, console)
+    if p.components:
+        console.print("restart to load the new CA files: " + ", ".join(p.components))
+
+
+def _cluster_info(fs: Any, p: Any, console: Any) -> None:
+    """kube-public/cluster-info through this node's apiserver, when the cluster CA was renewed here."""
+    from .. import carenew as C
+    from .. import x509ops
+    from ..cluster.api import local_api
+    from ..errors import KubecertError
+    from ..facts import gather
+    from ..layout import Layout
+    from ..node.probes import ProbeError
+
+    if not any(i.name == "ca" or i.name.startswith("ca in ") for i in p.items):
+        return
+    path = Layout(gather(fs).pki_dir).cert(spec.entry("ca"))
+    try:
+        api = local_api(fs, timeout=3.0)
+        if api is None:
+            console.print("cluster-info: no apiserver or admin.conf on this node: update it from a control plane "
+                          "(kubecert ca renew ca --cert ca.crt there)")
+            return
+        console.print("cluster-info: " + C.update_cluster_info(api, x509ops.load_cert(fs.read(path), path)))
+    except (KubecertError, ProbeError) as exc:
+        console.print(f"cluster-info: not updated ({exc}); re-run `kubecert ca renew ca --cert "
+                      f"{fs.display(path)}` when the API is up")
