@@ -276,3 +276,79 @@ def test_cross_node_audit_catches_a_node_with_another_ca(net: NetLab) -> None:
     assert table.returncode == 2, out(table)
     audit = table.stdout.split("CROSS-NODE AUDIT", 1)[1]
     assert "ERROR   master-3: ca certificate differs from master-1, master-2" in audit, out(table)
+
+
+# ------------------------------------------------------------------------------------------------ CA renewal
+
+
+def _env() -> Dict[str, str]:
+    from fakenode import state as S
+
+    env = S.clean_env()
+    env.pop(S.STATE_ENV, None)
+    return env
+
+
+def test_cluster_ca_renew_puts_one_version_on_every_node_with_zero_failed_requests(net: NetLab) -> None:
+    """`cluster ca renew all` (issue 10): each CA re-issued once with its own key, the same version on
+    every host (workers' pki/ca.crt and kubelet.conf too) and in cluster-info, every component
+    restarted and gated under load: zero failed requests; the old CA certificate still verifies what
+    the hosts serve. Killed halfway (kill -9 after the first host), a re-run finishes the SAME version."""
+    from realcp import kubectl, local_kubeconfig
+
+    ip = shutil.which("ip") or "/usr/sbin/ip"
+    m1 = net["master-1"]
+    admin = local_kubeconfig(m1.root, "admin.conf", net.dir / "kc", server=f"https://{m1.address}:6443")
+    old_ca = m1.pki("ca.crt").read_bytes()
+    info = net.dir / "cluster-info.yaml"
+    info.write_text("apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n    certificate-authority-data: "
+                    f"{base64.b64encode(old_ca).decode()}\n    server: https://{m1.address}:6443\n  name: \"\"\n"
+                    "contexts: []\ncurrent-context: \"\"\nusers: []\n")
+    made = kubectl(admin, "create", "configmap", "cluster-info", "-n", "kube-public", f"--from-file=kubeconfig={info}",
+                   prefix=[ip, "netns", "exec", net.op.name])
+    assert made.returncode == 0, made.stderr
+    old = {n: {f: net[n].pki(f).read_bytes() for f in ("ca.crt", "front-proxy-ca.crt", "etcd/ca.crt")}
+           for n in NAMES}
+    state = net.dir / "ca-state.json"
+    args = ("all", "--within", "3650d", "--yes", "--gate-timeout", "90", "--state", str(state))
+    with net.load() as load, net.api_load() as api:
+        time.sleep(0.5)
+        before, api_before = load.ok, api.ok
+        # kill -9 once the first host is done: the state file names it
+        log = open(net.dir / "ca-renew-killed.log", "w")  # noqa: SIM115 (closed after the kill)
+        proc = subprocess.Popen(net.op.argv([sys.executable, "-m", "kubecert", "cluster", "ca", "renew", *args, "-i",
+                                             str(net.inventory), "--known-hosts", str(net.known_hosts)]),
+                                stdout=log, stderr=subprocess.STDOUT, env=_env())
+        deadline = time.monotonic() + 240
+        while not (state.exists() and "master-1" in state.read_text()) and time.monotonic() < deadline:
+            assert proc.poll() is None, (net.dir / "ca-renew-killed.log").read_text()
+            time.sleep(0.2)
+        proc.kill()  # SIGKILL: no cleanup of any kind
+        proc.wait()
+        log.close()
+        first = m1.pki("ca.crt").read_bytes()
+        assert first != old["master-1"]["ca.crt"], "master-1 was not renewed before the kill"
+        r = net.kubecert("cluster", "ca", "renew", *args, "-i", str(net.inventory), "--known-hosts",
+                         str(net.known_hosts), timeout=400)
+        time.sleep(0.5)
+    print(f"ca renew: exit {r.returncode}; {load.summary()} ({load.ok - before} during); "
+          f"{api.summary()} ({api.ok - api_before} during)")
+    assert r.returncode == 0, out(r) + "\n" + net.describe()
+    rows = summary(r)
+    assert rows["master-1"][0] == "skipped" and all(rows[n][0] == "done" for n in NAMES[1:] + WORKERS), out(r)
+    assert "ca: finishing the version already on some nodes" in r.stdout, out(r)  # master-1 has it
+    assert "cluster-info: cluster-info updated" in r.stdout, out(r)
+    assert load.failed == 0, (load.failed, load.errors)
+    assert api.failed == 0, (api.failed, api.errors)
+    for n in NAMES + WORKERS:
+        assert net[n].pki("ca.crt").read_bytes() == first, n
+        kubelet = (net[n].root / "etc/kubernetes/kubelet.conf").read_text()
+        assert base64.b64encode(first).decode() in kubelet, n
+    for n in NAMES:
+        for f in ("front-proxy-ca.crt", "etcd/ca.crt"):
+            assert net[n].pki(f).read_bytes() == net["master-1"].pki(f).read_bytes() != old[n][f], (n, f)
+    got = kubectl(admin, "get", "configmap", "cluster-info", "-n", "kube-public", "-o", "jsonpath={.data.kubeconfig}",
+                  prefix=[ip, "netns", "exec", net.op.name])
+    assert got.returncode == 0 and base64.b64encode(first).decode() in got.stdout, got.stdout + got.stderr
+    assert not state.exists()
+    net.wait_ready(90)

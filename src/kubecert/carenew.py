@@ -92,11 +92,12 @@ def plan(fs: NodeFS, names: Sequence[str], *, now: dt.datetime, days: int = DEFA
          clock: Optional[dt.datetime] = None, min_days: float = 1.0, force_validity: bool = False,
          profile: Optional[spec.Profile] = None, update_user_kubeconfigs: bool = False,
          supplied: Sequence[Tuple[x509.Certificate, str]] = (), within: Optional[dt.timedelta] = DEFAULT_WITHIN,
-         **_ignored: object) -> Plan:
+         strict_supplied: bool = True, **_ignored: object) -> Plan:
     """Everything a CA renewal would write, in memory. ``names``: CA names or ``all`` (every CA on the
     node; of those, only the ones expiring within ``within``, None: all). ``supplied``: renewed CA
     certificates made elsewhere, with where they came from; each must be a later version of one of
-    the node's CAs, and is installed whatever ``within`` says."""
+    the node's CAs (``strict_supplied=False``: one that is not is ignored), and is installed whatever
+    ``within`` says. Given ``supplied`` and no ``names``, only those."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     clock = clock or now
@@ -107,7 +108,7 @@ def plan(fs: NodeFS, names: Sequence[str], *, now: dt.datetime, days: int = DEFA
         if n != "all" and n not in spec.CA_NAMES:
             raise KubecertError(f"{n}: not a CA (choose from all, {', '.join(spec.CA_NAMES)})")
     explicit = [n for n in names if n != "all"]
-    targets = list(spec.CA_NAMES) if "all" in names or not names else explicit
+    targets = list(spec.CA_NAMES) if "all" in names or not (names or supplied) else list(explicit)
     on_node: Dict[str, x509.Certificate] = {}
     for name in spec.CA_NAMES:
         path = layout.cert(spec.entry(name))
@@ -116,6 +117,8 @@ def plan(fs: NodeFS, names: Sequence[str], *, now: dt.datetime, days: int = DEFA
     given: Dict[str, Tuple[x509.Certificate, str]] = {}
     for cert, source in supplied:
         match = [n for n, c in on_node.items() if x509ops.same_ca(c, cert)]
+        if not match and not strict_supplied:
+            continue  # cluster mode: every node is offered every CA; a worker has only `ca`
         if not match:
             raise PKIError(f"{source}: not a version of any CA on this node ({cert.subject.rfc4514_string()!r}); "
                            "nothing was changed")

@@ -181,6 +181,42 @@ def cluster_check_cmd(target: Target, output: str, warn_text: str, crit_text: st
     sys.exit(code)
 
 
+def _dry_run(hosts: Any, connect: Any, console: Any, plan_of: Any) -> None:
+    """Each node's plan (``plan_of(host, fs)``), in rollout order; nothing written."""
+    from ..cluster import rollout_order
+
+    for h in rollout_order(hosts):
+        conn = connect(h)
+        try:
+            p = plan_of(h, conn.fs())
+        finally:
+            conn.close()
+        console.print(f"\n== {h.name} ({h.role}, {h.address})")
+        print_plan(p, console)
+    console.print("\ndry run: nothing was written")
+
+
+def _roll_out(console: Any, state: Any, roll: Any) -> Any:
+    """``roll(progress)`` with timestamped progress lines, then the per-node table; exits 4/5 at a
+    failed node; returns (the run, seconds) when every node is done."""
+    import time
+
+    start = time.monotonic()
+
+    def progress(node: str, step: str, message: str) -> None:
+        console.print(f"[{time.monotonic() - start:6.1f}s] {node:<12} {step:<24} {message}")
+
+    run = roll(progress)
+    console.print("")
+    for n in run.nodes:
+        console.print(f"{n.name:<14} {n.status:<12} {n.seconds:6.1f}s  {n.detail}")
+    if not run.ok:
+        failed = next(n for n in run.nodes if n.status == "failed")
+        fail(f"stopped at {failed.name}: {failed.detail}; nodes after it were not touched; "
+             f"re-run to resume (state: {state.path})", 4 if failed.outcome and failed.outcome.exit_code == 4 else 5)
+    return run, time.monotonic() - start
+
+
 @cluster.command("renew")
 @inventory_options
 @click.option("--dry-run", is_flag=True, help="Show each node's plan; write nothing.")
@@ -204,10 +240,9 @@ def cluster_renew_cmd(target: Target, dry_run: bool, worker_batch: Optional[int]
     """Rolling renewal: etcd hosts first, then control planes, ONE at a time, each gated on the
     health of the whole cluster; then workers in batches (kubelet healthz over SSH, and the Node Ready
     when the API is up). Stop at the first failure (that node is rolled back)."""
-    import time
 
     from .. import renew as R
-    from ..cluster import RunState, cluster_renew, collect_signers, inventory_digest, rollout_order
+    from ..cluster import RunState, cluster_renew, collect_signers, inventory_digest
 
     now = parse_now(now_text)
     within = parse_duration(within_text)
@@ -219,37 +254,89 @@ def cluster_renew_cmd(target: Target, dry_run: bool, worker_batch: Optional[int]
         signers, where = collect_signers(hosts, connect)
         for name, node in where.items():
             console.print(f"{name}: key on {node} (held in memory only)")
-        for h in rollout_order(hosts):
-            conn = connect(h)
-            try:
-                p = R.plan(conn.fs(), ["all"], now=now, days=days, signers=signers,
-                           within=within if h.role == "worker" else None, **validity)
-            finally:
-                conn.close()
-            console.print(f"\n== {h.name} ({h.role}, {h.address})")
-            print_plan(p, console)
-        console.print("\ndry run: nothing was written")
+        _dry_run(hosts, connect, console, lambda h, fs: R.plan(
+            fs, ["all"], now=now, days=days, signers=signers, within=within if h.role == "worker" else None,
+            **validity))
         return
     if not yes:
         fail("a rolling renewal restarts every node: pass --yes (review it first with --dry-run)")
     options, timeouts = runtime_setup(cri, strategy, service_manager, restart_commands, gate_timeouts,
                                        restart_timeout)
     state = RunState.load(state_path or f"{target.inventory}.kubecert-state.json", inventory_digest(hosts))
-    start = time.monotonic()
+    run, took = _roll_out(console, state, lambda progress: cluster_renew(
+        hosts, connect, now=now, state=state, options=options, timeouts=timeouts, progress=progress,
+        worker_batch=worker_batch, within=within, days=days, **validity))
+    console.print(f"all {len(run.nodes)} node(s) renewed in {took:.1f}s")
 
-    def progress(node: str, step: str, message: str) -> None:
-        console.print(f"[{time.monotonic() - start:6.1f}s] {node:<12} {step:<24} {message}")
 
-    run = cluster_renew(hosts, connect, now=now, state=state, options=options, timeouts=timeouts,
-                        progress=progress, worker_batch=worker_batch, within=within, days=days, **validity)
-    console.print("")
-    for n in run.nodes:
-        console.print(f"{n.name:<14} {n.status:<12} {n.seconds:6.1f}s  {n.detail}")
-    if not run.ok:
-        failed = next(n for n in run.nodes if n.status == "failed")
-        fail(f"stopped at {failed.name}: {failed.detail}; nodes after it were not touched; "
-             f"re-run to resume (state: {state.path})", 4 if failed.outcome and failed.outcome.exit_code == 4 else 5)
-    console.print(f"all {len(run.nodes)} node(s) renewed in {time.monotonic() - start:.1f}s")
+@cluster.group("ca")
+def cluster_ca() -> None:
+    """The cluster's CAs, on every node."""
+
+
+@cluster_ca.command("renew")
+@click.argument("names", nargs=-1, type=click.Choice(("all", "ca", "front-proxy-ca", "etcd-ca")))
+@inventory_options
+@click.option("--dry-run", is_flag=True, help="Show the new versions and each node's plan; write nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Roll out without asking.")
+@click.option("--state", "state_path", metavar="FILE",
+              help="Progress file (default: INVENTORY.kubecert-ca-state.json); a re-run resumes from it.")
+@click.option("--days", default=3650, show_default=True, type=click.IntRange(1, 36500))
+@click.option("--within", "within_text", default="365d", show_default=True, metavar="DURATION",
+              help="Of `all`, renew only the CAs that expire within this.")
+@click.option("--update-user-kubeconfigs", is_flag=True,
+              help="Also update certificate-authority-data in /root/.kube and /home/*/.kube on each node.")
+@runtime_options
+@with_validity
+@now_option
+@handle_errors
+def cluster_ca_renew_cmd(names: tuple[str, ...], target: Target, dry_run: bool, yes: bool,
+                         state_path: Optional[str], days: int, within_text: str, update_user_kubeconfigs: bool,
+                         cri: Optional[str], strategy: str, service_manager: Optional[str],
+                         restart_commands: tuple[str, ...], gate_timeouts: tuple[str, ...], restart_timeout: float,
+                         min_days: float, force_validity: bool, now_text: Optional[str]) -> None:
+    """Renew CAs in place across the cluster: each CA re-issued ONCE with its own key (read into memory
+    from the node that keeps it), then that version put on every node — etcd hosts, control planes,
+    workers, one at a time, each gated on the whole cluster's health — and in kube-public/cluster-info.
+    Everything the CAs signed keeps working. Resumable: a re-run finishes the same version."""
+
+    from .. import carenew as C
+    from ..cluster import RunState, inventory_digest
+    from ..cluster.ca import SOURCE, cluster_ca_renew, publish_cluster_info, versions
+
+    now = parse_now(now_text)
+    clock = real_now()
+    hosts = target.hosts()
+    connect = target.connector()
+    console = Plain()
+    chosen, notes = versions(hosts, connect, list(names) or ["all"], now=now, days=days,
+                             within=parse_duration(within_text), clock=clock, min_days=min_days,
+                             force_validity=force_validity)
+    for note in notes:
+        console.print(f"note: {note}")
+    for v in chosen:
+        console.print(f"{v.name}: {'new version' if v.renewed else 'finishing the version already on some nodes'}, serial "
+                      f"{v.cert.serial_number:X}, until {v.cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC "
+                      f"(key on {v.key_on}, held in memory only)")
+    if not chosen:
+        console.print("nothing to renew")
+        return
+    plan_kwargs: dict[str, Any] = dict(days=days, clock=clock, min_days=min_days, force_validity=force_validity,
+                                       update_user_kubeconfigs=update_user_kubeconfigs)
+    if dry_run:
+        _dry_run(hosts, connect, console, lambda h, fs: C.plan(
+            fs, [], now=now, supplied=[(v.cert, SOURCE) for v in chosen], strict_supplied=False, **plan_kwargs))
+        return
+    if not yes:
+        fail("a rolling CA renewal restarts every node: pass --yes (review it first with --dry-run)")
+    options, timeouts = runtime_setup(cri, strategy, service_manager, restart_commands, gate_timeouts,
+                                       restart_timeout)
+    state = RunState.load(state_path or f"{target.inventory}.kubecert-ca-state.json", inventory_digest(hosts))
+    run, took = _roll_out(console, state, lambda progress: cluster_ca_renew(
+        hosts, connect, chosen, now=now, state=state, options=options, timeouts=timeouts, progress=progress,
+        **plan_kwargs))
+    console.print(publish_cluster_info(hosts, connect, chosen))
+    console.print(f"all {len(run.nodes)} node(s) have the renewed CA(s); {took:.1f}s")
 
 
 @cluster.command("recover")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from .. import spec
 from ..errors import KubecertError
@@ -66,8 +66,35 @@ def cluster_renew(hosts: Sequence[Any], connect: Connect, *, now: dt.datetime, s
     signers, where = collect_signers(cluster_nodes, connect)
     for name, node in where.items():
         progress(node, "ca", f"{name} key found here (held in memory)")
-    runs: List[NodeRun] = []
     order = rollout_order(cluster_nodes)
+
+    def renew_node(h: Any, conn: Any, node_progress: Any, verifier: Any) -> Any:
+        return renew_restart(conn.fs(), ["all"], now=now, options=options, timeouts=timeouts, rollback=True,
+                             progress=node_progress, runner=conn.run, signers=signers,
+                             verifier_factory=verifier, **plan_kwargs)
+
+    runs, stopped = rolling(hosts, order, connect, state=state, now=now, progress=progress, renew_node=renew_node)
+    workers = [h for h in hosts if h.role == "worker"]
+    if stopped:
+        runs += [NodeRun(h.name, "not-started") for h in workers]
+    elif workers:
+        runs += renew_workers(workers, connect, now=now, state=state, signers=signers,
+                              api_factory=lambda: connect_api(cluster_nodes, connect), batch=worker_batch,
+                              options=options, timeouts=timeouts, progress=progress, within=within, **plan_kwargs)
+    result = ClusterRun(tuple(runs), where)
+    if result.ok:
+        state.finish()
+    return result
+
+
+
+
+def rolling(hosts: Sequence[Any], order: Sequence[Any], connect: Connect, *, state: RunState, now: dt.datetime,
+            progress: Progress, renew_node: Callable[..., Any]) -> Tuple[List[NodeRun], bool]:
+    """One node of ``order`` at a time: the whole cluster healthy before, ``renew_node(host, connection,
+    progress, verifier_factory)`` (an Outcome of renew_restart), the whole cluster healthy after; stop
+    at the first failure. Nodes in ``state.done`` are skipped. -> (runs, stopped)."""
+    runs: List[NodeRun] = []
     if not state.started:
         state.started = now.strftime("%Y-%m-%dT%H:%M:%SZ")
     stopped = False
@@ -76,8 +103,8 @@ def cluster_renew(hosts: Sequence[Any], connect: Connect, *, now: dt.datetime, s
             runs.append(NodeRun(h.name, "not-started"))
             continue
         if h.name in state.done:
-            progress(h.name, "skip", "already renewed in this run (state file)")
-            runs.append(NodeRun(h.name, "skipped", detail="already renewed in this run"))
+            progress(h.name, "skip", "already done in this run (state file)")
+            runs.append(NodeRun(h.name, "skipped", detail="already done in this run"))
             continue
         start = time.monotonic()
         progress(h.name, "pre-check", "cluster health")
@@ -103,10 +130,7 @@ def cluster_renew(hosts: Sequence[Any], connect: Connect, *, now: dt.datetime, s
             def remote_verifier(fs: NodeFS, _address: str = h.address) -> Verifier:
                 return Verifier(fs, address=_address, gated=GATED)
 
-            outcome = renew_restart(
-                conn.fs(), ["all"], now=now, options=options, timeouts=timeouts, rollback=True,
-                progress=node_progress, runner=conn.run, signers=signers, verifier_factory=remote_verifier,
-                **plan_kwargs)
+            outcome = renew_node(h, conn, node_progress, remote_verifier)
         except KubecertError as exc:
             runs.append(NodeRun(h.name, "failed", detail=str(exc), seconds=time.monotonic() - start))
             stopped = True
@@ -135,16 +159,4 @@ def cluster_renew(hosts: Sequence[Any], connect: Connect, *, now: dt.datetime, s
         state.save()
         runs.append(NodeRun(h.name, "done", outcome, f"{len(outcome.plan.renewed)} item(s) renewed",
                             time.monotonic() - start))
-    workers = [h for h in hosts if h.role == "worker"]
-    if stopped:
-        runs += [NodeRun(h.name, "not-started") for h in workers]
-    elif workers:
-        runs += renew_workers(workers, connect, now=now, state=state, signers=signers,
-                              api_factory=lambda: connect_api(cluster_nodes, connect), batch=worker_batch,
-                              options=options, timeouts=timeouts, progress=progress, within=within, **plan_kwargs)
-    result = ClusterRun(tuple(runs), where)
-    if result.ok:
-        state.finish()
-    return result
-
-
+    return runs, stopped
