@@ -366,10 +366,11 @@ class _Scan:
         if kc.ca_data is not None and ca is not None:
             try:
                 kc_ca = x509ops.load_cert(kc.ca_data, f"{self.fs.display(path)} certificate-authority-data")
-                same = x509ops.fingerprint(kc_ca) == x509ops.fingerprint(ca)
+                # the very cert, or another version of the same CA (reported by audit_ca_copies)
+                same = x509ops.fingerprint(kc_ca) == x509ops.fingerprint(ca) or x509ops.same_ca(kc_ca, ca)
             except KubecertError:
                 same = False
-            if not same and not x509ops.same_ca(kc_ca, ca):  # an older version: see audit_ca_copies
+            if not same:
                 self.find(ERROR, "kubeconfig-ca", e.name, path,
                           f"{e.name} certificate-authority-data differs from "
                           f"{self.fs.display(self.layout.cert(spec.entry('ca')))}",
