@@ -21,7 +21,17 @@ from cryptography import x509
 
 from conftest import FIXTURES, ran_at
 from kubecert import x509ops
-from treeutil import STATE_DIR, clean_env, copy_tree, diff, lab_create, node_state, run_kubecert, strays
+from treeutil import (
+    after_crash_invariants,
+    changed,
+    clean_env,
+    copy_tree,
+    diff,
+    lab_create,
+    monotonic,
+    node_state,
+    run_kubecert,
+)
 
 CAS = {"ca": "ca.crt", "front-proxy-ca": "front-proxy-ca.crt", "etcd-ca": "etcd/ca.crt"}
 KUBECONFIGS = ("admin.conf", "super-admin.conf", "controller-manager.conf", "scheduler.conf", "kubelet.conf")
@@ -43,8 +53,9 @@ def _load(path: Path) -> x509.Certificate:
     return x509ops.load_certs(path.read_bytes(), str(path))[0]
 
 
-def _signed_here(root: Path) -> Dict[str, Tuple[Path, str]]:
-    """Every leaf and kubeconfig client cert on the node as a PEM file -> the CA file that signed it."""
+def _signed_here(root: Path, scratch: Path) -> Dict[str, Tuple[Path, str]]:
+    """Every leaf and kubeconfig client cert on the node as a PEM file (a kubeconfig's copied out
+    into ``scratch``) -> the CA file that signed it."""
     pki = root / "etc/kubernetes/pki"
     out: Dict[str, Tuple[Path, str]] = {}
     cas = {n: _load(pki / f) for n, f in CAS.items() if (pki / f).exists()}
@@ -60,7 +71,7 @@ def _signed_here(root: Path) -> Dict[str, Tuple[Path, str]]:
         if path.exists():
             user = yaml.safe_load(path.read_text())["users"][0]["user"]
             if "client-certificate-data" in user:
-                pem = path.with_name(conf + ".client.pem")
+                pem = scratch / (conf + ".client.pem")
                 pem.write_bytes(base64.b64decode(user["client-certificate-data"]))
                 out[conf] = (pem, "ca.crt")
     return out
@@ -75,10 +86,6 @@ def _openssl_verify(cafile: Path, cert: Path) -> str:
 def _ca_data(root: Path, conf: str) -> bytes:
     doc = yaml.safe_load((root / "etc/kubernetes" / conf).read_text())
     return base64.b64decode(doc["clusters"][0]["cluster"]["certificate-authority-data"])
-
-
-def changed(a: Dict[str, object], b: Dict[str, object]) -> set:
-    return {rel for rel in set(a) | set(b) if a.get(rel) != b.get(rel)}
 
 
 def _extensions(cert: x509.Certificate) -> List[Tuple[object, bool, object]]:
@@ -114,7 +121,7 @@ def test_every_kubeadm_ca_renews_with_its_key_and_everything_it_signed_still_ver
         assert x509ops.not_after(new) == now + dt.timedelta(days=3650)
         assert x509ops.not_before(new) == now - dt.timedelta(minutes=5)
         assert new.signature_hash_algorithm.name == ca.signature_hash_algorithm.name  # type: ignore[union-attr]
-    for what, (cert, cafile) in _signed_here(root).items():
+    for what, (cert, cafile) in _signed_here(root, tmp_path).items():
         name = next(n for n, f in CAS.items() if f == cafile)
         assert _openssl_verify(pki / cafile, cert) == "OK", f"{what} against the renewed {name}"
         assert _openssl_verify(tmp_path / f"old-{name}.crt", cert) == "OK", f"{what} against the old {name}"
@@ -129,8 +136,6 @@ def test_every_kubeadm_ca_renews_with_its_key_and_everything_it_signed_still_ver
     backup = r.stdout.split("backup ", 1)[1].split()[0]
     back = run_kubecert("rollback", backup, "--root", str(root), "--yes")
     assert back.returncode == 0, back.stdout + back.stderr
-    for conf in KUBECONFIGS:  # _signed_here's PEM files are the test's own
-        (root / "etc/kubernetes" / (conf + ".client.pem")).unlink(missing_ok=True)
     assert node_state(root) == before, diff(before, node_state(root))
 
 
@@ -271,7 +276,7 @@ def test_a_crash_at_every_step_then_recover_is_all_old_or_all_new(tmp_path: Path
         rec = run_kubecert("recover", "--root", str(root), "--now", "2026-11-30T00:00:00Z")
         assert rec.returncode == 0, (k, rec.stderr)
         state = node_state(root)
-        assert not strays(root) and not (root / STATE_DIR / "journal.json").exists(), k
+        assert after_crash_invariants(root) == [], k
         if state == original:
             outcomes.append("old")
             continue
@@ -281,4 +286,4 @@ def test_a_crash_at_every_step_then_recover_is_all_old_or_all_new(tmp_path: Path
         stale = [f for f in json.loads(check.stdout)["findings"] if f["code"] in ("ca-copy-stale", "kubeconfig-ca")]
         assert not stale, (k, stale)
         outcomes.append("new")
-    assert "old" in outcomes and outcomes == sorted(outcomes, key=lambda o: o == "new"), outcomes
+    assert "old" in outcomes and monotonic(outcomes, "old", "new"), outcomes

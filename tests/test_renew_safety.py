@@ -43,11 +43,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from treeutil import (
     STATE_DIR,
     State,
+    after_crash_invariants,
     assert_one_line_error,
+    changed,
     clean_env,
     copy_tree,
     diff,
     key_leaks,
+    monotonic,
     node_state,
     private_keys_under,
     run_kubecert,
@@ -137,10 +140,6 @@ def touched(steps: Sequence[Tuple[int, str]]) -> Set[str]:
     return {label.split(" ", 1)[1].lstrip("/") for _, label in steps if label.startswith("rename ")}
 
 
-def changed(a: State, b: State) -> Set[str]:
-    return {rel for rel in set(a) | set(b) if a.get(rel) != b.get(rel)}
-
-
 def check_clean(kubecert: Kubecert, root: Path) -> Optional[str]:
     """None if ``kubecert check`` passes with exit 0 and no audit finding; else why not."""
     proc = kubecert("check", "--root", root, "--now", NOW, "-o", "json")
@@ -157,19 +156,6 @@ def renew_records(root: Path) -> List[str]:
         return []
     records = [json.loads(line) for line in log.read_text().splitlines()]
     return sorted(str(r.get("name")) for r in records if r.get("action") == "renew")
-
-
-def after_crash_invariants(root: Path) -> List[str]:
-    problems = [f"stray file {s}" for s in strays(root)]
-    if (root / JOURNAL).exists():
-        problems.append("journal still present")
-    return problems
-
-
-def monotonic(outcomes: Sequence[str], first: str, second: str) -> bool:
-    """Outcomes by crash step: all ``first`` up to one commit point, then all ``second``."""
-    switch = outcomes.index(second) if second in outcomes else len(outcomes)
-    return all(o == first for o in outcomes[:switch]) and all(o == second for o in outcomes[switch:])
 
 
 def mode(path: Path) -> int:

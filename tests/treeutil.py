@@ -95,6 +95,25 @@ def node_state(root: Path) -> State:
     return tree_state(root, exclude=(STATE_DIR,))
 
 
+def changed(a: State, b: State) -> Set[str]:
+    """The relative paths whose entry differs between two states (added and removed ones too)."""
+    return {rel for rel in set(a) | set(b) if a.get(rel) != b.get(rel)}
+
+
+def after_crash_invariants(root: Path) -> List[str]:
+    """What a crash followed by ``kubecert recover`` must not leave behind: temp files, the journal."""
+    problems = [f"stray file {s}" for s in strays(root)]
+    if (root / STATE_DIR / "journal.json").exists():
+        problems.append("journal still present")
+    return problems
+
+
+def monotonic(outcomes: Sequence[str], first: str, second: str) -> bool:
+    """Outcomes by crash step: all ``first`` up to one commit point, then all ``second``."""
+    switch = outcomes.index(second) if second in outcomes else len(outcomes)
+    return all(o == first for o in outcomes[:switch]) and all(o == second for o in outcomes[switch:])
+
+
 def diff(a: State, b: State, limit: int = 12) -> str:
     """A short human description of how two states differ (for assertion messages)."""
     lines = []

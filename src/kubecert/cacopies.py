@@ -108,12 +108,16 @@ def _get(doc: object, *keys: str) -> object:
 def certs_in(fs: NodeFS, tf: TrustFile) -> List[x509.Certificate]:
     """The CA certificates a trust file holds (a kubeconfig: every cluster's CA data). Raises on a
     broken file."""
-    raw = fs.read(tf.path)
-    if not tf.kubeconfig:
-        return x509ops.load_certs(raw, fs.display(tf.path))
+    return certs_of(fs.read(tf.path), tf.kubeconfig, fs.display(tf.path))
+
+
+def certs_of(raw: bytes, kubeconfig: bool, source: str) -> List[x509.Certificate]:
+    """The CA certificates in a PEM file's bytes, or in every cluster's CA data of a kubeconfig's."""
+    if not kubeconfig:
+        return x509ops.load_certs(raw, source)
     out: List[x509.Certificate] = []
-    for pem in kubeconfig_ca_data(raw, fs.display(tf.path)):
-        out.extend(x509ops.load_certs(pem, f"{fs.display(tf.path)} certificate-authority-data"))
+    for pem in kubeconfig_ca_data(raw, source):
+        out.extend(x509ops.load_certs(pem, f"{source} certificate-authority-data"))
     return out
 
 
@@ -122,8 +126,7 @@ def kubeconfig_ca_data(raw: bytes, source: str) -> List[bytes]:
     import base64
     import binascii
 
-    parse_kubeconfig(raw, source)  # the same checks as everywhere else
-    doc = yamlsafe.load(raw, source)
+    doc = parse_kubeconfig(raw, source).doc  # the same checks as everywhere else, one parse
     out = []
     for item in (doc.get("clusters") if isinstance(doc, dict) else None) or []:
         body = item.get("cluster") if isinstance(item, dict) else None

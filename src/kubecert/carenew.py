@@ -205,16 +205,20 @@ def _plan_copies(fs: NodeFS, pki_dir: str, versions: Dict[str, x509.Certificate]
     for tf in cacopies.trust_files(fs, pki_dir):
         shown = fs.display(tf.path)
         try:
-            before = cacopies.certs_in(fs, tf)
             raw = fs.read(tf.path)
+            before = cacopies.certs_of(raw, tf.kubeconfig, shown)
+        except KubecertError as exc:
+            warnings.append(f"{shown}: not updated ({exc})")
+            continue
+        try:
             if tf.kubeconfig:
                 data, changed = rewrite_kubeconfig_ca(raw, _replacer(versions, shown), shown)
                 new: Optional[bytes] = data if changed else None
             else:
                 new = cacopies.updated_bundle(raw, list(versions.values()), shown)
         except KubecertError as exc:
-            if any(x509ops.same_ca(c, v) for c in _safe_certs(fs, tf) for v in versions.values()):
-                raise
+            if any(x509ops.same_ca(c, v) for c in before for v in versions.values()):
+                raise  # a copy of a renewed CA that cannot be updated: refuse rather than leave it stale
             warnings.append(f"{shown}: not updated ({exc})")
             continue
         if new is None:
@@ -226,21 +230,12 @@ def _plan_copies(fs: NodeFS, pki_dir: str, versions: Dict[str, x509.Certificate]
             items.append(item)
 
 
-def _safe_certs(fs: NodeFS, tf: cacopies.TrustFile) -> List[x509.Certificate]:
-    try:
-        return cacopies.certs_in(fs, tf)
-    except KubecertError:
-        return []
-
-
 def _plan_user_copies(fs: NodeFS, versions: Dict[str, x509.Certificate], items: List[PlanItem],
                       writes: List[Write], warnings: List[str]) -> None:
     for path, info, raw in userkube.candidates(fs, warnings):
         shown = fs.display(path)
         try:
-            before: List[x509.Certificate] = []
-            for pem in cacopies.kubeconfig_ca_data(raw, shown):
-                before.extend(x509ops.load_certs(pem, shown))
+            before = cacopies.certs_of(raw, True, shown)
             data, changed = rewrite_kubeconfig_ca(raw, _replacer(versions, shown), shown)
         except KubecertError as exc:
             warnings.append(f"{shown}: left alone ({exc})")

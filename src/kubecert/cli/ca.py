@@ -16,7 +16,7 @@ from .common import (
     now_option,
     parse_duration,
     parse_now,
-    print_plan,
+    print_dry_run,
     profile_option,
     real_now,
     root_option,
@@ -92,10 +92,7 @@ def renew(names: tuple[str, ...], root: str, days: int, within_text: str, cert_f
                                   clock=real_now(), min_days=min_days, force_validity=force_validity,
                                   supplied=supplied, within=parse_duration(within_text))
     if dry_run:
-        p = C.plan(fs, selected, now=now, **kwargs)
-        print_plan(p, console)
-        console.print(f"dry run: {len(p.renewed)} to renew, {len(p.writes)} file(s) would be written; "
-                      "nothing was written")
+        print_dry_run(C.plan(fs, selected, now=now, **kwargs), console)
         return
     if restart:
         if not yes:

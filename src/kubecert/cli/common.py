@@ -173,6 +173,13 @@ def print_plan(p: Any, console: Any) -> None:
         console.print(f"warning: {w}")
 
 
+def print_dry_run(p: Any, console: Any) -> None:
+    """A node's plan, and what applying it would write."""
+    print_plan(p, console)
+    console.print(f"dry run: {len(p.renewed)} to renew, {len(p.writes)} file(s) would be written; "
+                  "nothing was written")
+
+
 class Plain:
     """click.echo behind the one method the renew path uses (rich only where tables need it)."""
 

@@ -18,6 +18,7 @@ from .common import (
     handle_errors,
     now_option,
     parse_now,
+    print_dry_run,
     print_plan,
     print_steps,
     profile_option,
@@ -81,10 +82,7 @@ def renew(names: tuple[str, ...], root: str, days: int, key_mode: str, key_type:
             click.echo(f"warning: an interrupted change is pending ({fs.display(JOURNAL)}); the files may be "
                        "half-renewed. `kubecert recover` (or the next renew) rolls it back; this plan reads "
                        "the tree as it is now.", err=True)
-        p = R.plan(fs, selected, now=now, **kwargs)
-        print_plan(p, console)
-        console.print(f"dry run: {len(p.renewed)} to renew, {len(p.writes)} file(s) would be written; "
-                      "nothing was written")
+        print_dry_run(R.plan(fs, selected, now=now, **kwargs), console)
         return
     if restart:
         if not yes:

@@ -19,7 +19,7 @@ from ..kubeconfig import parse as parse_kubeconfig
 from ..node import probes
 from ..node.endpoints import Endpoint
 from ..node.verify import Verifier
-from .base import Connect
+from .base import Connect, reachable
 
 MAX_OBJECT = 8 << 20  # a Node with many images is large
 _DNS1123 = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")  # a Node name
@@ -110,13 +110,7 @@ def connect_api(hosts: Sequence[Any], connect: Connect, timeout: float = 5.0) ->
     None when no control plane has one (or none can be reached)."""
     endpoints: List[Endpoint] = []
     creds: Optional[probes.Creds] = None
-    for h in hosts:
-        if h.role != "control-plane":
-            continue
-        try:
-            conn = connect(h)
-        except KubecertError:
-            continue
+    for h, conn in reachable([h for h in hosts if h.role == "control-plane"], connect):
         try:
             fs = conn.fs()
             v = Verifier(fs, address=h.address, timeout=timeout)
@@ -130,8 +124,6 @@ def connect_api(hosts: Sequence[Any], connect: Connect, timeout: float = 5.0) ->
                     creds = probes.Creds(kc.ca_data, kc.client_cert_data, kc.client_key_data)
         except KubecertError:
             continue
-        finally:
-            conn.close()
     if creds is None or not endpoints:
         return None
     return ClusterAPI(endpoints, creds, timeout)

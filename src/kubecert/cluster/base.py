@@ -13,7 +13,7 @@ import os
 import secrets
 import stat
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple
 
 from cryptography import x509
 
@@ -51,6 +51,20 @@ Progress = Callable[[str, str, str], None]  # (node, step, message)
 
 def _quiet(node: str, step: str, message: str) -> None:
     return None
+
+
+def reachable(hosts: Sequence[Any], connect: Connect) -> Iterator[Tuple[Any, Conn]]:
+    """(host, open connection) for each host that can be reached, in order; unreachable ones are
+    passed over; each connection is closed when the loop moves on."""
+    for h in hosts:
+        try:
+            conn = connect(h)
+        except KubecertError:
+            continue
+        try:
+            yield h, conn
+        finally:
+            conn.close()
 
 
 def is_etcd_member(h: Any) -> bool:

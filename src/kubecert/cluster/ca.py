@@ -21,7 +21,7 @@ from ..errors import KubecertError
 from ..layout import Layout
 from ..node.restart import Timeouts, renew_restart
 from ..node.runtime import Options
-from .base import ClusterRun, Connect, Progress, RunState, _quiet, collect_signers
+from .base import ClusterRun, Connect, Progress, RunState, _quiet, collect_signers, reachable
 from .renew import _cluster_nodes, rolling, rollout_order
 
 SOURCE = "cluster ca renew"
@@ -39,25 +39,18 @@ def _on_nodes(hosts: Sequence[Any], connect: Connect, signers: Dict[str, Any]
               ) -> Dict[str, List[x509.Certificate]]:
     """Every distinct version of each CA found on the reachable nodes, newest (latest NotAfter) first."""
     found: Dict[str, Dict[str, x509.Certificate]] = {name: {} for name in signers}
-    for h in hosts:
-        try:
-            conn = connect(h)
-        except KubecertError:
-            continue
-        try:
-            fs = conn.fs()
-            for name, (ca, _) in signers.items():
-                path = Layout().cert(spec.entry(name))
-                if not fs.exists(path):
-                    continue
-                try:
-                    cert = x509ops.load_certs(fs.read(path), fs.display(path))[0]
-                except KubecertError:
-                    continue
-                if x509ops.same_ca(cert, ca):
-                    found[name][x509ops.fingerprint(cert)] = cert
-        finally:
-            conn.close()
+    for _, conn in reachable(hosts, connect):
+        fs = conn.fs()
+        for name, (ca, _) in signers.items():
+            path = Layout().cert(spec.entry(name))
+            if not fs.exists(path):
+                continue
+            try:
+                cert = x509ops.load_certs(fs.read(path), fs.display(path))[0]
+            except KubecertError:
+                continue
+            if x509ops.same_ca(cert, ca):
+                found[name][x509ops.fingerprint(cert)] = cert
     return {name: sorted(v.values(), key=x509ops.not_after, reverse=True) for name, v in found.items()}
 
 

@@ -87,8 +87,6 @@ def cluster_renew(hosts: Sequence[Any], connect: Connect, *, now: dt.datetime, s
     return result
 
 
-
-
 def rolling(hosts: Sequence[Any], order: Sequence[Any], connect: Connect, *, state: RunState, now: dt.datetime,
             progress: Progress, renew_node: Callable[..., Any]) -> Tuple[List[NodeRun], bool]:
     """One node of ``order`` at a time: the whole cluster healthy before, ``renew_node(host, connection,
