@@ -20,7 +20,8 @@ Every ``--interval`` seconds one sync over HTTPS (the server certificate verifie
 the URL's host name, or tls-server-name): GET the Node (POST it on 404; on AlreadyExists GET it
 again); PATCH its status (merge patch) with a Ready=True condition; GET the Lease
 ``kube-node-lease/NAME`` (POST on 404) and PUT it back with ``renewTime`` now (on a 409 conflict read
-it again and retry, up to 5 times, as the kubelet does). ``--resolve HOST=IP,...`` connects to those addresses for the
+it again and retry, up to 5 times, as the kubelet does; conflicts on all 5 are logged, not a failure:
+another writer renewed it). ``--resolve HOST=IP,...`` connects to those addresses for the
 URL's host, in turn from the last one that worked (a client-side load balancer; the lab has no DNS).
 
 Plain-HTTP ``GET /healthz``: 200 ``ok`` while the last sync succeeded within 3 intervals, else 500 and
@@ -241,23 +242,25 @@ class Agent:
     def _renew_lease(self, conn: _Connection, name: str, node: Dict[str, Any], now: Any) -> None:
         """GET then PUT (POST on 404) the node's Lease; on a 409 (someone else wrote it in between: another
         agent with the same node name) read it again and retry, as the kubelet's lease controller does
-        (it tries five times)."""
+        (it tries five times). A conflict on every try is no failure of this node: the apiserver took
+        its credentials, and the Lease was renewed by the other writer an instant ago (the kubelet,
+        too, keeps its healthz ok when its lease update fails)."""
         leases = f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NS}/leases"
         spec = {"holderIdentity": name, "leaseDurationSeconds": LEASE_SECONDS, "renewTime": S.rfc3339(now)}
-        for attempt in range(LEASE_RETRIES):
-            last = attempt == LEASE_RETRIES - 1
+        for _ in range(LEASE_RETRIES):
             status, lease = self._call(conn, "GET", f"{leases}/{name}", ok=(200, 404))
             if status == 404:
                 owner = {"apiVersion": "v1", "kind": "Node", "name": name, "uid": node["metadata"]["uid"]}
                 status, _ = self._call(conn, "POST", leases, {
                     "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                     "metadata": {"name": name, "namespace": LEASE_NS, "ownerReferences": [owner]}, "spec": spec},
-                    ok=(200, 201) if last else (200, 201, 409))
+                    ok=(200, 201, 409))
             else:
                 lease["spec"] = {**(lease.get("spec") or {}), **spec}
-                status, _ = self._call(conn, "PUT", f"{leases}/{name}", lease, ok=(200,) if last else (200, 409))
+                status, _ = self._call(conn, "PUT", f"{leases}/{name}", lease, ok=(200, 409))
             if status != 409:
                 return
+        log(f"lease {name}: {LEASE_RETRIES} conflicts in a row; another writer keeps it renewed")
 
     # ----------------------------------------------------------------------------------- state
 
