@@ -132,6 +132,7 @@ class _Scan:
         self.layout = L.Layout(facts.pki_dir)
         self.findings: List[Finding] = []
         self.ca_certs: Dict[str, x509.Certificate] = {}
+        self._chains: Dict[str, Tuple[x509.Certificate, ...]] = {}  # leaf fingerprint -> intermediates
         self.ca_has_key: Dict[str, bool] = {}
         self.loose_modes: List[Tuple[str, str, int, str]] = []
 
@@ -184,7 +185,9 @@ class _Scan:
             return item
         has_key = self.fs.exists(key_path)
         try:
-            cert = x509ops.load_cert(self._read(cert_path), self.fs.display(cert_path))
+            certs = x509ops.load_certs(self._read(cert_path), self.fs.display(cert_path))
+            cert = certs[0]
+            self._remember_chain(e, certs)
         except KubecertError as exc:
             self.find(ERROR, "unreadable", e.name, cert_path, str(exc),
                       f"restore {self.fs.display(cert_path)} from a backup")
@@ -280,12 +283,18 @@ class _Scan:
                               f"until {x509ops.not_after(stale[0]):%Y-%m-%d}) than {shown}",
                               f"kubecert ca renew {name} --cert {shown} (puts it in every copy)")
 
+    def _remember_chain(self, e: spec.Entry, certs: List[x509.Certificate]) -> None:
+        if len(certs) > 1 and not e.is_ca:
+            self._chains[x509ops.fingerprint(certs[0])] = tuple(certs[1:])
+
     def _audit_chain(self, e: spec.Entry, cert: x509.Certificate, path: str) -> None:
         """Signed by its CA, within its CA's lifetime, dates, subject shape."""
         assert e.ca is not None
         ca = self.ca_certs.get(e.ca)
         if ca is not None:
-            if not x509ops.signed_by(cert, ca):
+            # an external CA may sign through intermediates, sent after the leaf in the same file
+            rest = self._chains.get(x509ops.fingerprint(cert), ()) if self._chains else ()
+            if not (x509ops.signed_by(cert, ca) or rest and x509ops.chain_to(cert, rest, ca) is not None):
                 self.find(ERROR, "wrong-ca", e.name, path,
                           f"{e.name} is not signed by {e.ca} ({self.fs.display(self.layout.cert(spec.entry(e.ca)))})",
                           f"re-issue it from {e.ca}: kubecert renew {e.name}")
@@ -390,8 +399,10 @@ class _Scan:
 
     def _kubeconfig_credentials(self, kc: Kubeconfig) -> Tuple[x509.Certificate, Optional[bytes], Optional[str]]:
         if kc.client_cert_data is not None:
-            return (x509ops.load_cert(kc.client_cert_data, f"{kc.source} client-certificate-data"),
-                    kc.client_key_data, None)
+            certs = x509ops.load_certs(kc.client_cert_data, f"{kc.source} client-certificate-data")
+            if len(certs) > 1:
+                self._chains[x509ops.fingerprint(certs[0])] = tuple(certs[1:])
+            return certs[0], kc.client_key_data, None
         src = kc.cert_path
         if src:
             data = self._read(src)

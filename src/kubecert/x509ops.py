@@ -466,3 +466,76 @@ def renew_ca(old: x509.Certificate, key: PrivateKey, not_before: dt.datetime, no
     if not (same_ca(old, new) and signed_by(new, new)):
         raise PKIError("internal error: the renewed CA certificate does not verify")
     return new
+
+
+# ---------------------------------------------------------------------------------------------
+# external CA: certificate signing requests
+# ---------------------------------------------------------------------------------------------
+
+_KEY_USAGE_FLAGS = ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
+                    "key_agreement", "key_cert_sign", "crl_sign")
+
+
+def make_csr(old: x509.Certificate, key: PrivateKey) -> x509.CertificateSigningRequest:
+    """A CSR for a new key with ``old``'s subject (every attribute, in order) and SANs: what kubeadm's
+    ``certs generate-csr`` asks for (subject and SANs; the signing CA decides the rest)."""
+    b = x509.CertificateSigningRequestBuilder().subject_name(old.subject)
+    try:
+        san = old.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        b = b.add_extension(san.value, critical=san.critical)
+    except x509.ExtensionNotFound:
+        pass
+    return b.sign(key, _hash_for(key))
+
+
+def load_csr(data: bytes, source: str) -> x509.CertificateSigningRequest:
+    """One PEM CSR, its self-signature verified (it proves the requester held the key)."""
+    if data.count(b"-----BEGIN CERTIFICATE REQUEST-----") != 1:
+        raise PKIError(f"{source}: expected one PEM certificate request")
+    try:
+        csr = x509.load_pem_x509_csr(data)
+        csr.subject.rfc4514_string()
+        csr.public_key()
+        csr.extensions  # noqa: B018 - parsed here, not later
+        ok = csr.is_signature_valid
+    except _CORRUPT as exc:
+        raise PKIError(f"{source}: corrupt certificate request ({_short(exc)})") from None
+    if not ok:
+        raise PKIError(f"{source}: the request's signature does not verify")
+    return csr
+
+
+def csr_pem(csr: x509.CertificateSigningRequest) -> bytes:
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def key_usages(cert: x509.Certificate) -> Tuple[str, ...]:
+    """The KeyUsage bits set, by cryptography's names (digital_signature, key_encipherment, ...)."""
+    try:
+        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return ()
+    out = [flag for flag in _KEY_USAGE_FLAGS if getattr(ku, flag)]
+    if ku.key_agreement:
+        out += [flag for flag in ("encipher_only", "decipher_only") if getattr(ku, flag)]
+    return tuple(out)
+
+
+def chain_to(leaf: x509.Certificate, intermediates: Sequence[x509.Certificate],
+             anchor: x509.Certificate) -> Optional[List[x509.Certificate]]:
+    """The intermediates, in order, that lead from ``leaf`` to a certificate ``anchor`` signed (each a
+    CA, each signing the one before); [] when ``anchor`` signed ``leaf`` itself; None when the given
+    certificates do not chain to ``anchor``. Dates are the caller's to check."""
+    path: List[x509.Certificate] = []
+    current = leaf
+    pool = list(intermediates)
+    for _ in range(len(pool) + 1):
+        if signed_by(current, anchor):
+            return path
+        step = next((c for c in pool if is_ca_cert(c) and signed_by(current, c)), None)
+        if step is None:
+            return None
+        pool.remove(step)
+        path.append(step)
+        current = step
+    return None

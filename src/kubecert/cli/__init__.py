@@ -42,6 +42,8 @@ COMMANDS: Dict[str, str] = {
     "rollback": "backups:rollback",
     "recover": "backups:recover",
     "ca": "ca:ca",
+    "csr": "extca:csr",
+    "import": "extca:import_cmd",
     "cluster": "cluster:cluster",
     "lab": "lab:lab",
 }

@@ -9,6 +9,7 @@ import click
 from .. import spec
 from .common import (
     Plain,
+    apply_options,
     console_for,
     fail,
     fault_from_env,
@@ -16,6 +17,7 @@ from .common import (
     now_option,
     parse_duration,
     parse_now,
+    print_applied,
     print_dry_run,
     profile_option,
     real_now,
@@ -46,11 +48,7 @@ def ca() -> None:
 @click.option("--no-cluster-info", is_flag=True,
               help="Leave kube-public/cluster-info alone (default: update it through this node's apiserver "
                    "when it answers).")
-@click.option("--dry-run", is_flag=True, help="Show the plan; write nothing.")
-@click.option("--yes", "-y", is_flag=True, help="Apply without asking.")
-@click.option("--restart", is_flag=True,
-              help="Then restart what loads the CA files, in order, each gated on health; roll back on failure.")
-@click.option("--no-rollback", is_flag=True, help="With --restart: leave a failed node as it is, for inspection.")
+@apply_options("Then restart what loads the CA files, in order, each gated on health; roll back on failure.")
 @runtime_options
 @with_validity
 @now_option
@@ -112,8 +110,7 @@ def renew(names: tuple[str, ...], root: str, days: int, within_text: str, cert_f
         if not no_cluster_info and p.items:
             _cluster_info(fs, p, console)
         return
-    console.print(f"renewed {len(p.renewed)} item(s); backup {backup.id} in {fs.display(backup.dir)} "
-                  f"(undo: kubecert rollback {backup.id}{'' if root == '/' else ' --root ' + root})")
+    print_applied(console, p, backup, fs, root, "renewed")
     if not no_cluster_info:
         _cluster_info(fs, p, console)
     if p.components:

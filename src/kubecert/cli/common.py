@@ -111,6 +111,29 @@ def with_validity(fn: F) -> F:
     return fn
 
 
+def apply_options(restart_help: str) -> Callable[[F], F]:
+    """--dry-run, --yes, --restart, --no-rollback: how a node-changing command applies its plan."""
+    options = [
+        click.option("--dry-run", is_flag=True, help="Show the plan; write nothing."),
+        click.option("--yes", "-y", is_flag=True, help="Apply without asking."),
+        click.option("--restart", is_flag=True, help=restart_help),
+        click.option("--no-rollback", is_flag=True, help="With --restart: leave a failed node as it is, for inspection."),
+    ]
+
+    def decorate(fn: F) -> F:
+        for o in reversed(options):
+            fn = o(fn)
+        return fn
+
+    return decorate
+
+
+def print_applied(console: Any, p: Any, backup: Any, fs: Any, root: str, what: str) -> None:
+    """After a node change without restarts: the backup, how to undo it, what to restart."""
+    console.print(f"{what} {len(p.renewed)} item(s); backup {backup.id} in {fs.display(backup.dir)} "
+                  f"(undo: kubecert rollback {backup.id}{'' if root == '/' else ' --root ' + root})")
+
+
 profile_option = click.option("--profile", "profile_text", type=click.Choice(spec.PROFILE_CHOICES),
                               help="Force the node's profile instead of detecting it.")
 
@@ -166,8 +189,8 @@ def print_plan(p: Any, console: Any) -> None:
             note = f"{i.reason}; {note}"
         lines.append(f"{i.name}\trenew\t{fmt_serial(i.old_serial)} -> {fmt_serial(i.new_serial)}\t"
                      f"{fmt_time(i.old_not_after)} -> {fmt_time(i.new_not_after)}\t{i.key}\t{note}")
-    console.print(f"Plan for {p.root} (profile {p.profile.name}), now {fmt_time(p.now)} UTC, "
-                  f"NotAfter = now + {p.days}d:")
+    validity = f", NotAfter = now + {p.days}d" if p.days else ""
+    console.print(f"Plan for {p.root} (profile {p.profile.name}), now {fmt_time(p.now)} UTC{validity}:")
     console.print(tabwrite(lines, minwidth=4, padding=2).rstrip("\n"))
     for w in p.warnings:
         console.print(f"warning: {w}")

@@ -11,6 +11,7 @@ import click
 from .. import spec
 from .common import (
     Plain,
+    apply_options,
     console_for,
     fail,
     fault_from_env,
@@ -18,6 +19,7 @@ from .common import (
     handle_errors,
     now_option,
     parse_now,
+    print_applied,
     print_dry_run,
     print_plan,
     print_steps,
@@ -42,12 +44,8 @@ from .common import (
               help="Type of new keys (default: the type and size of the old key).")
 @click.option("--update-user-kubeconfigs", is_flag=True,
               help="Also update copies of admin.conf under /root/.kube and /home/*/.kube.")
-@click.option("--dry-run", is_flag=True, help="Show the plan; write nothing.")
-@click.option("--yes", "-y", is_flag=True, help="Apply without asking.")
-@click.option("--restart", is_flag=True,
-              help="Then restart the components that load the renewed files, in order, each gated on health "
+@apply_options("Then restart the components that load the renewed files, in order, each gated on health "
                    "and the served certificate; roll back on failure.")
-@click.option("--no-rollback", is_flag=True, help="With --restart: leave a failed node as it is, for inspection.")
 @runtime_options
 @with_validity
 @now_option
@@ -99,8 +97,7 @@ def renew(names: tuple[str, ...], root: str, days: int, key_mode: str, key_type:
         console.print("nothing to renew")
         _fail_on_stranded(p)
         return
-    console.print(f"renewed {len(p.renewed)} item(s); backup {backup.id} in {fs.display(backup.dir)} "
-                  f"(undo: kubecert rollback {backup.id}{'' if root == '/' else ' --root ' + root})")
+    print_applied(console, p, backup, fs, root, "renewed")
     if p.components:
         console.print("restart to load the new files: " + ", ".join(p.components))
     _fail_on_stranded(p)

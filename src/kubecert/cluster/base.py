@@ -21,7 +21,7 @@ from .. import spec, x509ops
 from ..errors import KubecertError
 from ..node.restart import Outcome
 from ..node.runtime import CommandResult
-from ..store import NodeFS
+from ..store import NodeFS, privdir
 
 GATED = (spec.ETCD, spec.APISERVER)  # what the operator's machine can probe on a remote node
 
@@ -118,8 +118,7 @@ def _state_dir_ok(path: str) -> None:
         st = os.stat(d)
     except OSError as exc:
         raise KubecertError(f"{d}: cannot use it for the state file: {exc.strerror}") from None
-    writable = st.st_mode & stat.S_IWOTH or (st.st_mode & stat.S_IWGRP and st.st_gid != 0)
-    if st.st_uid not in (0, os.geteuid()) or (writable and not st.st_mode & stat.S_ISVTX):
+    if not privdir.safe_dir(st):
         raise KubecertError(f"{d}: another user can write there; put the state file elsewhere (--state FILE)")
 
 
