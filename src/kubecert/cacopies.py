@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from cryptography import x509
 
@@ -151,3 +151,61 @@ def updated_bundle(pem: bytes, versions: Sequence[x509.Certificate], source: str
     if [x509ops.fingerprint(c) for c in out] == [x509ops.fingerprint(c) for c in certs]:
         return None
     return b"".join(x509ops.cert_pem(c) for c in out)
+
+
+Certs = List[x509.Certificate]
+
+
+@dataclass(frozen=True)
+class Update:
+    """A trust file to rewrite: its new bytes, its mode and owner kept, the CAs it held before."""
+
+    tf: TrustFile
+    data: bytes
+    mode: int
+    uid: Optional[int]
+    gid: Optional[int]
+    before: Certs
+
+
+def plan_updates(fs: NodeFS, pki_dir: str, transform: Callable[[Certs], Optional[Certs]],
+                 concerned: Callable[[Certs], bool], warnings: List[str],
+                 skip: Sequence[str] = ()) -> List[Update]:
+    """``transform`` (a file's CA certs -> the new list, None: unchanged) applied to every trust file
+    (a kubeconfig: each cluster's certificate-authority-data, every other byte kept). A file that
+    cannot be read or rewritten is a warning, unless it holds a CA the change is ``concerned`` with:
+    then the change is refused rather than leave a copy behind. ``skip``: paths left alone."""
+    from .kubeconfig import rewrite_kubeconfig_ca
+    from .store import mode_owner
+
+    out: List[Update] = []
+    for tf in trust_files(fs, pki_dir):
+        if tf.path in skip:
+            continue
+        shown = fs.display(tf.path)
+        try:
+            raw = fs.read(tf.path)
+            before = certs_of(raw, tf.kubeconfig, shown)
+        except KubecertError as exc:
+            warnings.append(f"{shown}: not updated ({exc})")
+            continue
+
+        def replace(pem: bytes, source: str = shown) -> Optional[bytes]:
+            new = transform(x509ops.load_certs(pem, source))
+            return None if new is None else b"".join(x509ops.cert_pem(c) for c in new)
+
+        try:
+            if tf.kubeconfig:
+                data, changed = rewrite_kubeconfig_ca(raw, replace, shown)
+                new: Optional[bytes] = data if changed else None
+            else:
+                new = replace(raw)
+        except KubecertError as exc:
+            if concerned(before):
+                raise
+            warnings.append(f"{shown}: not updated ({exc})")
+            continue
+        if new is not None:
+            mode, uid, gid = mode_owner(fs, tf.path, 0o644)
+            out.append(Update(tf, new, mode, uid, gid, before))
+    return out

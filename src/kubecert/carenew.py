@@ -29,7 +29,7 @@ from .facts import detect_profile, gather
 from .kubeconfig import rewrite_kubeconfig_ca
 from .renew import BACKDATE, Plan, PlanItem, Result
 from .renew import renew as renew_workflow
-from .store import NodeFS
+from .store import NodeFS, mode_owner
 from .store.txn import Backup, Fault, Transaction, Write
 
 if TYPE_CHECKING:
@@ -165,7 +165,7 @@ def plan(fs: NodeFS, names: Sequence[str], *, now: dt.datetime, days: int = DEFA
             continue
         versions[name] = new
         if x509ops.fingerprint(new) != x509ops.fingerprint(old):
-            mode, uid, gid = _owner(fs, cpath, 0o644)
+            mode, uid, gid = mode_owner(fs, cpath, 0o644)
             writes.append(Write(cpath, x509ops.cert_pem(new), mode, uid=uid, gid=gid))
             items.append(_item(name, old, new, shown, how, e.components,
                                f"same {x509ops.key_description(new.public_key())}"))  # type: ignore[arg-type]
@@ -178,10 +178,6 @@ def plan(fs: NodeFS, names: Sequence[str], *, now: dt.datetime, days: int = DEFA
             _plan_user_copies(fs, versions, items, writes, warnings)
     return Plan(fs.root, now, days, profile, tuple(items), tuple(writes), tuple(warnings))
 
-
-def _owner(fs: NodeFS, path: str, default: int) -> Tuple[int, Optional[int], Optional[int]]:
-    info = fs.info(path) if fs.exists(path) else None
-    return (info.mode, info.uid, info.gid) if info else (default, None, None)
 
 
 def _replacer(versions: Dict[str, x509.Certificate], source: str) -> Callable[[bytes], Optional[bytes]]:
@@ -202,30 +198,19 @@ def _copy_item(fs: NodeFS, path: str, before: List[x509.Certificate], versions: 
 
 def _plan_copies(fs: NodeFS, pki_dir: str, versions: Dict[str, x509.Certificate], items: List[PlanItem],
                  writes: List[Write], warnings: List[str]) -> None:
-    for tf in cacopies.trust_files(fs, pki_dir):
-        shown = fs.display(tf.path)
-        try:
-            raw = fs.read(tf.path)
-            before = cacopies.certs_of(raw, tf.kubeconfig, shown)
-        except KubecertError as exc:
-            warnings.append(f"{shown}: not updated ({exc})")
-            continue
-        try:
-            if tf.kubeconfig:
-                data, changed = rewrite_kubeconfig_ca(raw, _replacer(versions, shown), shown)
-                new: Optional[bytes] = data if changed else None
-            else:
-                new = cacopies.updated_bundle(raw, list(versions.values()), shown)
-        except KubecertError as exc:
-            if any(x509ops.same_ca(c, v) for c in before for v in versions.values()):
-                raise  # a copy of a renewed CA that cannot be updated: refuse rather than leave it stale
-            warnings.append(f"{shown}: not updated ({exc})")
-            continue
-        if new is None:
-            continue
-        mode, uid, gid = _owner(fs, tf.path, 0o644)
-        writes.append(Write(tf.path, new, mode, uid=uid, gid=gid))
-        item = _copy_item(fs, tf.path, before, versions, tf.what, tf.components)
+    renewed = list(versions.values())
+
+    def transform(certs: List[x509.Certificate]) -> Optional[List[x509.Certificate]]:
+        new = [next((v for v in renewed if x509ops.same_ca(c, v)), c) for c in certs]
+        out = [c for i, c in enumerate(new) if all(x509ops.fingerprint(c) != x509ops.fingerprint(o) for o in new[:i])]
+        return None if [x509ops.fingerprint(c) for c in out] == [x509ops.fingerprint(c) for c in certs] else out
+
+    def concerned(before: List[x509.Certificate]) -> bool:
+        return any(x509ops.same_ca(c, v) for c in before for v in renewed)
+
+    for u in cacopies.plan_updates(fs, pki_dir, transform, concerned, warnings):
+        writes.append(Write(u.tf.path, u.data, u.mode, uid=u.uid, gid=u.gid))
+        item = _copy_item(fs, u.tf.path, u.before, versions, u.tf.what, u.tf.components)
         if item is not None:
             items.append(item)
 

@@ -31,7 +31,7 @@ from .facts import detect_profile, gather
 from .kubeconfig import parse as parse_kubeconfig
 from .kubeconfig import rewrite_kubeconfig
 from .renew import Plan, PlanItem, _differences, kubeconfig_client_cert
-from .store import NodeFS
+from .store import NodeFS, mode_owner
 from .store.privdir import PrivateDir
 from .store.txn import Backup, Fault, Transaction, Write
 
@@ -290,10 +290,6 @@ def plan(fs: NodeFS, names: Sequence[str], *, now: dt.datetime, source: str, clo
     return Plan(fs.root, now, 0, profile, tuple(items), tuple(writes), tuple(warnings))
 
 
-def _owner(fs: NodeFS, path: str, default: int) -> Tuple[int, Optional[int], Optional[int]]:
-    info = fs.info(path) if fs.exists(path) else None
-    return (info.mode, info.uid, info.gid) if info else (default, None, None)
-
 
 def _plan_write(fs: NodeFS, layout: L.Layout, e: spec.Entry, chain: List[x509.Certificate], key: x509ops.PrivateKey,
                 now: dt.datetime, writes: List[Write]) -> None:
@@ -301,23 +297,23 @@ def _plan_write(fs: NodeFS, layout: L.Layout, e: spec.Entry, chain: List[x509.Ce
     key_pem = x509ops.key_pem(key)
     if e.kind is not spec.Kind.KUBECONFIG:
         cpath, kpath = layout.cert(e), layout.key(e)
-        mode, uid, gid = _owner(fs, cpath, 0o644)
+        mode, uid, gid = mode_owner(fs, cpath, 0o644)
         writes.append(Write(cpath, chain_pem, mode, uid=uid, gid=gid))
-        _, uid, gid = _owner(fs, kpath, 0o600)
+        _, uid, gid = mode_owner(fs, kpath, 0o600)
         writes.append(Write(kpath, key_pem, 0o600, uid=uid, gid=gid))
         return
     path = layout.kubeconfig(e.path)
     raw = fs.read(path)
     kc = parse_kubeconfig(raw, fs.display(path))
     if kc.client_cert_data is not None:
-        mode, uid, gid = _owner(fs, path, 0o600)
+        mode, uid, gid = mode_owner(fs, path, 0o600)
         data = rewrite_kubeconfig(raw, kc.user_name, chain_pem, key_pem, None, None, fs.display(path))
         writes.append(Write(path, data, mode & 0o700 or 0o600, uid=uid, gid=gid))
         return
     src = kc.cert_path or ""
     if not src or (kc.client_key_file and kc.client_key_file != kc.client_cert_file):
         raise PKIError(f"{fs.display(path)}: client cert and key are not one file; import it by hand")
-    _, uid, gid = _owner(fs, src, 0o600)
+    _, uid, gid = mode_owner(fs, src, 0o600)
     if fs.readlink(src) is not None:  # the kubelet's rotation layout: a new dated pem, the symlink switched
         dated = f"{L.KUBELET_PKI_DIR}/kubelet-client-{now:%Y-%m-%d-%H-%M-%S}.pem"
         writes.append(Write(dated, chain_pem + key_pem, 0o600, uid=uid, gid=gid))

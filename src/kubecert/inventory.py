@@ -374,9 +374,11 @@ class _Scan:
         ca = self.ca_certs.get("ca")
         if kc.ca_data is not None and ca is not None:
             try:
-                kc_ca = x509ops.load_cert(kc.ca_data, f"{self.fs.display(path)} certificate-authority-data")
-                # the very cert, or another version of the same CA (reported by audit_ca_copies)
-                same = x509ops.fingerprint(kc_ca) == x509ops.fingerprint(ca) or x509ops.same_ca(kc_ca, ca)
+                kc_cas = x509ops.load_certs(kc.ca_data, f"{self.fs.display(path)} certificate-authority-data")
+                # the very cert, or another version of the same CA (reported by audit_ca_copies); a bundle
+                # (a CA rotation trusts the old CA and the new) must hold it
+                same = any(x509ops.fingerprint(c) == x509ops.fingerprint(ca) or x509ops.same_ca(c, ca)
+                           for c in kc_cas)
             except KubecertError:
                 same = False
             if not same:

@@ -22,7 +22,7 @@ from .facts import NodeFacts, detect_profile, gather
 from .kubeconfig import Kubeconfig, rewrite_kubeconfig
 from .kubeconfig import parse as parse_kubeconfig
 from .recovery import recover_node
-from .store import NodeFS
+from .store import NodeFS, mode_owner
 from .store.txn import LOCK, Backup, Fault, Transaction, Write
 
 BACKDATE = dt.timedelta(minutes=5)
@@ -86,6 +86,7 @@ class _CA:
     key: Optional[x509ops.PrivateKey]
     path: str
     lent: bool = False  # the key is another node's (cluster mode): this node never held it
+    pem: Optional[bytes] = None  # what kubeconfigs get as certificate-authority-data (None: the file's bytes)
 
 
 @dataclass
@@ -105,6 +106,7 @@ class _Ctx:
     warnings: List[str] = field(default_factory=list)
     writes: List[Write] = field(default_factory=list)
     spare_keys: Dict[str, List[x509ops.PrivateKey]] = field(default_factory=dict)
+    accept: Dict[str, List[x509.Certificate]] = field(default_factory=dict)  # CA -> older CAs whose leafs it re-issues
 
     def new_key(self, key_type: str) -> x509ops.PrivateKey:
         spare = self.spare_keys.get(key_type)
@@ -115,12 +117,6 @@ class _Ctx:
         if count > 0:
             self.spare_keys.setdefault(key_type, []).extend(x509ops.generate_keys(key_type, count))
 
-
-def _mode_of(fs: NodeFS, path: str, default: int) -> Tuple[int, Optional[int], Optional[int]]:
-    if not fs.exists(path):
-        return default, None, None
-    info = fs.info(path)
-    return info.mode, info.uid, info.gid
 
 
 Signers = Dict[str, Tuple[x509.Certificate, x509ops.PrivateKey]]  # CA name -> (cert, key), in memory only
@@ -182,7 +178,7 @@ def _new_cert(ctx: _Ctx, e: spec.Entry, old: x509.Certificate, old_key: Optional
     assert e.ca is not None
     ca = ctx.cas[e.ca]
     assert ca.key is not None
-    if not x509ops.signed_by(old, ca.cert):
+    if not x509ops.signed_by(old, ca.cert) and not any(x509ops.signed_by(old, c) for c in ctx.accept.get(e.ca, ())):
         raise PKIError(f"{source}: not signed by {e.ca} ({ctx.fs.display(ca.path)}); refusing to re-issue a "
                        f"certificate from another CA. Renew the others by naming them: kubecert renew NAME ...")
     if ca.lent:
@@ -355,10 +351,10 @@ def _plan_leaf(ctx: _Ctx, e: spec.Entry) -> PlanItem:
 def _write_pair(ctx: _Ctx, cpath: str, kpath: str, cert: x509.Certificate,
                 new_key: Optional[x509ops.PrivateKey]) -> None:
     """Plan the .crt (keeping its mode and owner) and, when the key is new, the .key (0600)."""
-    mode, uid, gid = _mode_of(ctx.fs, cpath, 0o644)
+    mode, uid, gid = mode_owner(ctx.fs, cpath, 0o644)
     ctx.writes.append(Write(cpath, x509ops.cert_pem(cert), mode, uid=uid, gid=gid))
     if new_key is not None:
-        _, uid, gid = _mode_of(ctx.fs, kpath, 0o600)
+        _, uid, gid = mode_owner(ctx.fs, kpath, 0o600)
         ctx.writes.append(Write(kpath, x509ops.key_pem(new_key), 0o600, uid=uid, gid=gid))
 
 
@@ -383,10 +379,10 @@ def _plan_kubeconfig(ctx: _Ctx, e: spec.Entry, explicit: bool) -> Tuple[PlanItem
     old_key = (x509ops.load_key(kc.client_key_data, f"{shown} client-key-data")
                if kc.client_key_data and ctx.key_mode == "reuse" else None)
     new, key, _, item = _new_cert(ctx, e, old, old_key, shown, kc.client_key_data)
-    ca_pem = ctx.fs.read(ctx.cas["ca"].path)
+    ca_pem = ctx.cas["ca"].pem or ctx.fs.read(ctx.cas["ca"].path)
     cert_pem, key_pem = x509ops.cert_pem(new), x509ops.key_pem(key)
     data = rewrite_kubeconfig(raw, kc.user_name, cert_pem, key_pem, ca_pem, kc.cluster_name, shown)
-    mode, uid, gid = _mode_of(ctx.fs, path, 0o600)
+    mode, uid, gid = mode_owner(ctx.fs, path, 0o600)
     ctx.writes.append(Write(path, data, mode & 0o700 or 0o600, uid=uid, gid=gid))
     return item, (old, new, cert_pem, key_pem)
 
@@ -409,7 +405,7 @@ def _plan_kubelet_file(ctx: _Ctx, e: spec.Entry, kc: Kubeconfig, explicit: bool)
     new, key, _, item = _new_cert(ctx, e, old, old_key, shown, data)
     link = ctx.fs.readlink(src)
     dated = f"{L.KUBELET_PKI_DIR}/kubelet-client-{ctx.now:%Y-%m-%d-%H-%M-%S}.pem"
-    _, uid, gid = _mode_of(ctx.fs, src, 0o600)
+    _, uid, gid = mode_owner(ctx.fs, src, 0o600)
     pem = x509ops.cert_pem(new) + x509ops.key_pem(key)
     if link is not None:
         ctx.writes.append(Write(dated, pem, 0o600, uid=uid, gid=gid))
@@ -438,12 +434,15 @@ def plan(fs: NodeFS, names: Sequence[str], *, now: dt.datetime, days: int = 365,
          key_type: Optional[str] = None, profile: Optional[spec.Profile] = None,
          update_user_kubeconfigs: bool = False, signers: Optional[Signers] = None,
          clock: Optional[dt.datetime] = None, min_days: float = 1.0, force_validity: bool = False,
-         within: Optional[dt.timedelta] = None) -> Plan:
+         within: Optional[dt.timedelta] = None, rotate: Optional[Dict[str, Tuple[x509.Certificate, x509ops.PrivateKey,
+                                                                                 x509.Certificate, bytes]]] = None) -> Plan:
     """Everything that renewal would write, computed in memory; reads the node, writes nothing.
 
     ``clock`` is the real time (default: ``now``): every new certificate must be valid then, start no
     earlier than its CA and live at least ``min_days``, unless ``force_validity``. ``within``: of
-    ``all``, renew only what expires within it (or has expired); names given explicitly always."""
+    ``all``, renew only what expires within it (or has expired); names given explicitly always.
+    ``rotate``: CA name -> (new CA cert, its key, the old CA cert, the trust bundle for kubeconfigs):
+    sign with the new CA what the old one signed (a CA rotation's re-issue stage, :mod:`rotate`)."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     if days < 1:
@@ -462,6 +461,12 @@ def plan(fs: NodeFS, names: Sequence[str], *, now: dt.datetime, days: int = 365,
     targets = on_node if "all" in names or not names else []
     targets = list(dict.fromkeys(targets + explicit))
     _load_cas(ctx, profile.names if profile.names else spec.CA_NAMES, signers)
+    for name, (new_ca, new_key, old_ca, bundle) in (rotate or {}).items():
+        if name in ctx.cas:
+            # a node without the CA key signs only what _check_lent allows, as in cluster renew
+            lent = ctx.cas[name].lent or ctx.cas[name].key is None
+            ctx.cas[name] = _CA(new_ca, new_key, ctx.cas[name].path, lent=lent, pem=bundle)
+            ctx.accept[name] = [old_ca]
     later: List[PlanItem] = []
     if within is not None:
         keep = []

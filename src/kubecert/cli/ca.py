@@ -140,3 +140,72 @@ def _cluster_info(fs: Any, p: Any, console: Any) -> None:
     except (KubecertError, ProbeError) as exc:
         console.print(f"cluster-info: not updated ({exc}); re-run `kubecert ca renew ca --cert "
                       f"{fs.display(path)}` when the API is up")
+
+
+@ca.command("rotate")
+@click.argument("name", type=click.Choice(spec.CA_NAMES))
+@root_option
+@click.option("--status", "show_status", is_flag=True, help="Show the stage this node is at; change nothing.")
+@click.option("--abort", is_flag=True, help="Go back one stage (2 -> 1 re-issues with the old CA; 1 -> 0 drops "
+                                            "the new CA).")
+@click.option("--days", default=3650, show_default=True, type=click.IntRange(1, 36500),
+              help="Validity of the new CA certificate (stage 1).")
+@apply_options("Then restart what loads the changed files, in order, each gated on health; roll back on failure.")
+@runtime_options
+@with_validity
+@now_option
+@profile_option
+@handle_errors
+def rotate(name: str, root: str, show_status: bool, abort: bool, days: int, dry_run: bool, yes: bool,
+           restart: bool, no_rollback: bool, cri: Optional[str], strategy: str, service_manager: Optional[str],
+           restart_commands: tuple[str, ...], gate_timeouts: tuple[str, ...], restart_timeout: float,
+           min_days: float, force_validity: bool, now_text: Optional[str], profile_text: Optional[str]) -> None:
+    """Rotate a CA to a new key on this node, one stage per run (a node that keeps the CA key).
+
+    Stage 1 (trust both): a new CA beside the old one in every trust point (ca.crt, every kubeconfig's
+    certificate-authority-data, the files the components' CA flags name). Stage 2 (re-issue): ca.key
+    switched to the new key, every certificate the CA signs re-issued by it. Stage 3 (drop old): the
+    old CA removed from every bundle, refused while anything on the node still chains to it. Each
+    stage is one transaction (kubecert rollback); --abort goes back one stage. On a cluster of more
+    than one node, every node must reach a stage before any node starts the next.
+    """
+    now = parse_now(now_text)
+    from .. import rotate as RT
+    from ..store import LocalFS
+    from .renew import _renew_restart, confirmer
+
+    fs = LocalFS(root)
+    profile = spec.parse_profile(profile_text) if profile_text else None
+    st, _ = RT.node_status(fs, name, profile)
+    if show_status:
+        stage = RT.STAGES[st.stage] if 0 <= st.stage < len(RT.STAGES) else "inconsistent"
+        click.echo(f"{name}: stage {st.stage} ({stage}): {st.detail}")
+        for n in st.on_old:
+            click.echo(f"  signed by the old CA: {n}")
+        for n in st.on_new:
+            click.echo(f"  signed by the new CA: {n}")
+        return
+    console: Any = console_for() if restart else Plain()
+    kwargs: dict[str, Any] = dict(abort=abort, days=days, profile=profile, clock=real_now(), min_days=min_days,
+                                  force_validity=force_validity)
+    if dry_run:
+        print_dry_run(RT.plan(fs, [name], now=now, **kwargs), console)
+        return
+    if restart:
+        if not yes:
+            fail("--restart changes a running node: pass --yes (review the plan first with --dry-run)")
+        _renew_restart(fs, [name], now, kwargs, console, not no_rollback,
+                       runtime_setup(cri, strategy, service_manager, restart_commands, gate_timeouts,
+                                     restart_timeout), engine=RT)
+    else:
+        from ..renew import renew as renew_workflow
+
+        result = renew_workflow(fs, [name], now=now, fault=fault_from_env(), confirm=confirmer(console, yes),
+                                planner=RT.plan, applier=RT.apply, **kwargs)
+        if result.backup is None:
+            console.print("nothing to write")
+            return
+        print_applied(console, result.plan, result.backup, fs, root, "rotation: wrote")
+    after, _ = RT.node_status(fs, name, profile)
+    console.print(f"{name}: now at stage {after.stage} ({RT.STAGES[after.stage] if after.stage >= 0 else '?'}): "
+                  f"{after.detail}")
