@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import yaml
 
@@ -108,21 +108,43 @@ class Load:
 
     what = "requests"
 
-    def __init__(self, urls: Sequence[str], ca: bytes, cert: bytes, key: bytes, interval: float = 0.02) -> None:
+    def __init__(self, urls: Sequence[str], ca: bytes, cert: bytes, key: bytes, interval: float = 0.02,
+                 credentials: Optional[Callable[[], Tuple[bytes, bytes, bytes]]] = None) -> None:
         self.urls = list(urls)
         self.interval = interval
         self.ok = 0
         self.failed = 0
         self.endpoint_errors = 0
         self.errors: List[str] = []
+        self.reloads = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
-        d = tempfile.mkdtemp(prefix="kubecert-load-")
-        Path(d, "c.pem").write_bytes(cert)
-        Path(d, "k.pem").write_bytes(key)
-        self.ctx = ssl.create_default_context(cadata=ca.decode())
-        self.ctx.check_hostname = False
-        self.ctx.load_cert_chain(str(Path(d, "c.pem")), str(Path(d, "k.pem")))
+        self._dir = tempfile.mkdtemp(prefix="kubecert-load-")
+        self._credentials = credentials  # re-read every half second: a client that follows its kubeconfig
+        self._current = (ca, cert, key)
+        self._next_look = 0.0
+        self.ctx = self._context(ca, cert, key)
+
+    def _context(self, ca: bytes, cert: bytes, key: bytes) -> ssl.SSLContext:
+        Path(self._dir, "c.pem").write_bytes(cert)
+        Path(self._dir, "k.pem").write_bytes(key)
+        ctx = ssl.create_default_context(cadata=ca.decode())
+        ctx.check_hostname = False
+        ctx.load_cert_chain(str(Path(self._dir, "c.pem")), str(Path(self._dir, "k.pem")))
+        return ctx
+
+    def _refresh(self) -> None:
+        if self._credentials is None or time.monotonic() < self._next_look:
+            return
+        self._next_look = time.monotonic() + 0.5
+        try:
+            now = self._credentials()
+            if now != self._current:
+                self.ctx = self._context(*now)
+                self._current = now
+                self.reloads += 1
+        except (OSError, ssl.SSLError, ValueError, KeyError):
+            pass  # caught mid-change (a cert renamed before its key): keep the old ones, look again soon
 
     @property
     def retried(self) -> int:
@@ -151,6 +173,7 @@ class Load:
         i = 0
         while not self._stop.is_set():
             i += 1
+            self._refresh()
             done = False
             for attempt in range(len(self.urls)):
                 url = self.urls[(i + attempt) % len(self.urls)]

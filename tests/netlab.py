@@ -38,6 +38,7 @@ its namespace; only the (empty) namespace names stay behind: ``ip netns del kc-o
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import ctypes
 import datetime as dt
@@ -458,22 +459,36 @@ class NetLab:
                    h.pki("apiserver-kubelet-client.key"))
         return self.op.call(https_get, h.address, PORTS.apiserver, "/readyz", ctx, timeout=15)
 
-    def load(self, interval: float = 0.02) -> NetnsEtcdLoad:
+    def load(self, interval: float = 0.02, follow: bool = False) -> NetnsEtcdLoad:
         """EtcdLoad from the operator namespace through every host's etcd client URL (credentials:
-        master-1's apiserver-etcd-client as it is now; still valid after the renewal)."""
+        master-1's apiserver-etcd-client as it is now; still valid after the renewal; ``follow``:
+        re-read as they change, as the apiserver does - for a CA rotation)."""
         m1 = self.hosts[NAMES[0]]
         urls = [f"https://{h.address}:{PORTS.etcd_client}" for h in self.hosts.values()]
-        return NetnsEtcdLoad(self.op, urls, m1.pki("etcd/ca.crt").read_bytes(),
-                             m1.pki("apiserver-etcd-client.crt").read_bytes(),
-                             m1.pki("apiserver-etcd-client.key").read_bytes(), interval)
 
-    def api_load(self, interval: float = 0.02) -> NetnsApiLoad:
+        def now() -> Tuple[bytes, bytes, bytes]:
+            return (m1.pki("etcd/ca.crt").read_bytes(), m1.pki("apiserver-etcd-client.crt").read_bytes(),
+                    m1.pki("apiserver-etcd-client.key").read_bytes())
+
+        return NetnsEtcdLoad(self.op, urls, *now(), interval, credentials=now if follow else None)
+
+    def api_load(self, interval: float = 0.02, follow: bool = False) -> NetnsApiLoad:
         """ApiLoad from the operator namespace through every host's kube-apiserver address
-        (credentials: master-1's admin.conf as it is now; still valid after the renewal)."""
+        (credentials: master-1's admin.conf as it is now; still valid after the renewal; ``follow``:
+        admin.conf re-read as it changes, its certificate-authority-data as the trust - a CA rotation)."""
         m1 = self.hosts[NAMES[0]]
         urls = [f"https://{h.address}:{PORTS.apiserver}" for h in self.hosts.values()]
-        cert, key = kubeconfig_client_pem(m1.root / "etc/kubernetes/admin.conf")
-        return NetnsApiLoad(self.op, urls, m1.pki("ca.crt").read_bytes(), cert, key, interval)
+        admin = m1.root / "etc/kubernetes/admin.conf"
+
+        def now() -> Tuple[bytes, bytes, bytes]:
+            doc = yaml.safe_load(admin.read_text())
+            ca = base64.b64decode(doc["clusters"][0]["cluster"]["certificate-authority-data"])
+            cert, key = kubeconfig_client_pem(admin)
+            return ca, cert, key
+
+        cert, key = kubeconfig_client_pem(admin)
+        return NetnsApiLoad(self.op, urls, m1.pki("ca.crt").read_bytes(), cert, key, interval,
+                            credentials=now if follow else None)
 
     # ----------------------------------------------------------------------------------- waiting
 
@@ -573,8 +588,8 @@ class _InNetns(Load):
     """A clusterlab load generator whose worker thread lives in a network namespace (the operator's)."""
 
     def __init__(self, netns: Netns, urls: Sequence[str], ca: bytes, cert: bytes, key: bytes,
-                 interval: float = 0.02) -> None:
-        super().__init__(urls, ca, cert, key, interval)
+                 interval: float = 0.02, credentials: Optional[Callable[[], Tuple[bytes, bytes, bytes]]] = None) -> None:
+        super().__init__(urls, ca, cert, key, interval, credentials)
         self.netns = netns
 
     def _loop(self) -> None:

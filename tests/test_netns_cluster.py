@@ -47,6 +47,14 @@ def net(namespaces_permitted: None, tmp_path: Path) -> Iterator[NetLab]:
         yield lab
 
 
+@pytest.fixture
+def net_long(namespaces_permitted: None, tmp_path: Path) -> Iterator[NetLab]:
+    """The lab with leafs that outlive a test of several passes (`net`'s expire in 10 minutes)."""
+    with netlab(tmp_path, workers=len(WORKERS), expires_in="1d") as lab:
+        print(f"\nsetup: {', '.join(f'{k} {v:.1f}s' for k, v in lab.timings.items())}")
+        yield lab
+
+
 def cluster(net: NetLab, command: str, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
     return net.kubecert("cluster", command, "-i", str(net.inventory), "--known-hosts", str(net.known_hosts), *args,
                         timeout=timeout)
@@ -352,3 +360,99 @@ def test_cluster_ca_renew_puts_one_version_on_every_node_with_zero_failed_reques
     assert got.returncode == 0 and base64.b64encode(first).decode() in got.stdout, got.stdout + got.stderr
     assert not state.exists()
     net.wait_ready(90)
+
+
+@pytest.mark.timeout(1500)
+def test_cluster_ca_rotate_to_a_new_key_with_zero_failed_requests(net_long: NetLab) -> None:
+    """`cluster ca rotate ca` (issue 10, part 2): a new cluster CA key across three masters and two
+    workers under load - etcd clients and API clients that follow admin.conf as kubecert updates it -
+    with zero failed requests. Killed with SIGKILL in the middle of stage 2, `--status` shows the
+    nodes at different stages (read from their files), and a re-run finishes. At the end every node
+    trusts the new CA alone, every kubelet runs on a new-CA client cert, and a client cert of the old
+    CA gets 401."""
+    from cryptography import x509
+
+    from realcp import local_kubeconfig, whoami
+
+    net = net_long
+
+    ip = shutil.which("ip") or "/usr/sbin/ip"
+    in_op = [ip, "netns", "exec", net.op.name]
+    m1 = net["master-1"]
+    old_ca = x509.load_pem_x509_certificates(m1.pki("ca.crt").read_bytes())
+    assert len(old_ca) == 1
+    old_admin = local_kubeconfig(m1.root, "admin.conf", net.dir / "kc-old", server=f"https://{m1.address}:6443")
+    state = net.dir / "rotate-state.json"
+    args = ("ca", "--yes", "--gate-timeout", "90", "--state", str(state))
+    with net.load(follow=True) as load, net.api_load(follow=True) as api:
+        time.sleep(0.5)
+        log = open(net.dir / "ca-rotate-killed.log", "w")  # noqa: SIM115 (closed after the kill)
+        started = time.monotonic()
+        proc = subprocess.Popen(net.op.argv([sys.executable, "-m", "kubecert", "cluster", "ca", "rotate", *args,
+                                             "-i", str(net.inventory), "--known-hosts", str(net.known_hosts)]),
+                                stdout=log, stderr=subprocess.STDOUT, env=_env())
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            text = state.read_text() if state.exists() else ""
+            if "stage 2" in text and "master-1" in text:
+                break
+            assert proc.poll() is None, (net.dir / "ca-rotate-killed.log").read_text()
+            time.sleep(0.2)
+        proc.kill()  # SIGKILL in stage 2: master-1 re-issued, master-2 maybe mid-way
+        proc.wait()
+        log.close()
+        killed_after = time.monotonic() - started
+        status = net.kubecert("cluster", "ca", "rotate", "ca", "--status", "-i", str(net.inventory),
+                              "--known-hosts", str(net.known_hosts))
+        assert status.returncode == 0, out(status)
+        assert re.search(r"^master-1\s+stage 2", status.stdout, re.M), status.stdout
+        assert re.search(r"^worker-1\s+stage 1", status.stdout, re.M), status.stdout
+        r = net.kubecert("cluster", "ca", "rotate", *args, "-i", str(net.inventory), "--known-hosts",
+                         str(net.known_hosts), timeout=1200)
+        time.sleep(0.5)
+    print(f"ca rotate: killed after {killed_after:.1f}s; resumed run exit {r.returncode}; {load.summary()} "
+          f"({load.reloads} credential reloads); {api.summary()} ({api.reloads} reloads)")
+    for line in r.stdout.splitlines():
+        if SUMMARY.match(line) or "stage" in line and "cluster" in line:
+            print(line)
+    assert r.returncode == 0, out(r) + "\n" + net.describe()
+    assert "stages to run: 2 (re-issued), 3 (old dropped)" in r.stdout, out(r)
+    assert load.failed == 0, (load.failed, load.errors)
+    assert api.failed == 0, (api.failed, api.errors)
+    new_ca = x509.load_pem_x509_certificates(m1.pki("ca.crt").read_bytes())
+    assert len(new_ca) == 1 and new_ca[0].public_key() != old_ca[0].public_key()
+    new_file = net.dir / "new-ca.crt"
+    new_file.write_bytes(m1.pki("ca.crt").read_bytes())
+    for n in NAMES + WORKERS:
+        h = net[n]
+        assert h.pki("ca.crt").read_bytes() == m1.pki("ca.crt").read_bytes(), n
+        kubelet = yaml_load((h.root / "etc/kubernetes/kubelet.conf").read_text())
+        data = base64.b64decode(kubelet["clusters"][0]["cluster"]["certificate-authority-data"])
+        assert data == m1.pki("ca.crt").read_bytes(), n
+        pem = h.root / "var/lib/kubelet/pki/kubelet-client-current.pem"
+        v = subprocess.run(["openssl", "verify", "-CAfile", str(new_file), str(pem.resolve() if not pem.is_symlink()
+                            else h.root / os.readlink(pem).lstrip("/"))], capture_output=True, text=True, check=False)
+        assert v.returncode == 0, (n, v.stdout, v.stderr)
+        assert not list(h.pki("").glob("ca-*")), n
+    # the old CA's client cert, presented to an apiserver that trusts the new CA alone: 401
+    old_doc = yaml_load(old_admin.read_text())
+    old_doc["clusters"][0]["cluster"]["certificate-authority-data"] = base64.b64encode(new_file.read_bytes()).decode()
+    stranger = net.dir / "kc-old" / "old-client.conf"
+    stranger.write_text(yaml_dump(old_doc))
+    assert whoami(stranger, prefix=in_op).status == 401
+    fresh = local_kubeconfig(m1.root, "admin.conf", net.dir / "kc-new", server=f"https://{m1.address}:6443")
+    assert whoami(fresh, prefix=in_op).user == "kubernetes-admin"
+    assert not state.exists()
+    net.wait_ready(90)
+
+
+def yaml_load(text: str) -> Dict:
+    import yaml
+
+    return yaml.safe_load(text)  # type: ignore[no-any-return]
+
+
+def yaml_dump(doc: Dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(doc)

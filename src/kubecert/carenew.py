@@ -18,7 +18,7 @@ the operators' kubeconfigs under ``/root/.kube`` and ``/home/*/.kube``.
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from cryptography import x509
 
@@ -266,7 +266,16 @@ def load_supplied(data: bytes, source: str) -> x509.Certificate:
 CLUSTER_INFO = "/api/v1/namespaces/kube-public/configmaps/cluster-info"
 
 
-def update_cluster_info(api: ClusterAPI, ca: x509.Certificate) -> str:
+def _cluster_info_ca(ca: Union[x509.Certificate, List[x509.Certificate]]) -> Callable[[bytes], Optional[bytes]]:
+    """cluster-info's CA data: a renewed CA in place of its old version, or (a CA rotation, a list)
+    exactly these CAs: old + new, then the new one alone."""
+    if isinstance(ca, list):
+        exact = b"".join(x509ops.cert_pem(c) for c in ca)
+        return lambda pem: None if pem == exact else exact
+    return lambda pem: cacopies.updated_bundle(pem, [ca], "cluster-info")
+
+
+def update_cluster_info(api: ClusterAPI, ca: Union[x509.Certificate, List[x509.Certificate]]) -> str:
     """Put the renewed cluster CA into ``kube-public/cluster-info`` (what ``kubeadm join`` trusts);
     the controller-manager's bootstrap signer re-signs it. Returns what happened, in words."""
     for _ in range(3):
@@ -279,10 +288,9 @@ def update_cluster_info(api: ClusterAPI, ca: x509.Certificate) -> str:
         raw = data.get("kubeconfig") if isinstance(data, dict) else None
         if not isinstance(raw, str):
             return "cluster-info holds no kubeconfig: left alone"
-        new, changed = rewrite_kubeconfig_ca(
-            raw.encode(), lambda pem: cacopies.updated_bundle(pem, [ca], "cluster-info"), "cluster-info")
+        new, changed = rewrite_kubeconfig_ca(raw.encode(), _cluster_info_ca(ca), "cluster-info")
         if not changed:
-            return "cluster-info already holds the renewed CA"
+            return "cluster-info already holds " + ("these CAs" if isinstance(ca, list) else "the renewed CA")
         assert isinstance(data, dict)
         data["kubeconfig"] = new.decode()
         status, _ = api.put(CLUSTER_INFO, doc)  # metadata.resourceVersion: a concurrent change is a 409

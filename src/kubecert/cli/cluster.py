@@ -339,6 +339,101 @@ def cluster_ca_renew_cmd(names: tuple[str, ...], target: Target, dry_run: bool, 
     console.print(f"all {len(run.nodes)} node(s) have the renewed CA(s); {took:.1f}s")
 
 
+@cluster_ca.command("rotate")
+@click.argument("name", type=click.Choice(("ca", "front-proxy-ca", "etcd-ca")))
+@inventory_options
+@click.option("--status", "show_status", is_flag=True, help="Each node's stage, read from its files; change nothing.")
+@click.option("--abort", is_flag=True, help="Go back to the old CA, from any stage before 3.")
+@click.option("--until", "until", default=3, show_default=True, type=click.IntRange(1, 3),
+              help="Stop once every node reached this stage (1 trust both, 2 re-issued, 3 old dropped).")
+@click.option("--dry-run", is_flag=True, help="The rotation's CAs, each node's stage and next plan; write nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Roll out without asking.")
+@click.option("--state", "state_path", metavar="FILE",
+              help="Progress file (default: INVENTORY.kubecert-rotate-state.json); a re-run resumes anyway.")
+@click.option("--days", default=3650, show_default=True, type=click.IntRange(1, 36500),
+              help="Validity of the new CA certificate.")
+@runtime_options
+@with_validity
+@now_option
+@handle_errors
+def cluster_ca_rotate_cmd(name: str, target: Target, show_status: bool, abort: bool, until: int, dry_run: bool,
+                          yes: bool, state_path: Optional[str], days: int, cri: Optional[str], strategy: str,
+                          service_manager: Optional[str], restart_commands: tuple[str, ...],
+                          gate_timeouts: tuple[str, ...], restart_timeout: float, min_days: float,
+                          force_validity: bool, now_text: Optional[str]) -> None:
+    """Rotate a CA to a new key across the cluster, with no downtime, in three stages, each a rolling
+    pass over every node (etcd hosts, control planes, workers; one at a time, gated on the whole
+    cluster's health): 1 every trust point trusts both CAs; 2 everything is re-issued by the new CA;
+    3 the old CA is dropped (refused while any certificate still chains to it). Interrupted, a re-run
+    continues from the stage the nodes are at; --abort goes back to the old CA before stage 3."""
+    from .. import rotate as RT
+    from .. import x509ops
+    from ..cluster import RunState, inventory_digest
+    from ..cluster.rotate import cluster_ca_rotate, discover, start
+
+    now = parse_now(now_text)
+    validity: dict[str, Any] = dict(clock=real_now(), min_days=min_days, force_validity=force_validity)
+    hosts = target.hosts()
+    connect = target.connector()
+    console = Plain()
+    where = discover(hosts, connect, name)
+
+    def show(given: Any) -> None:
+        for what, c in (("old", given.old), ("new", given.new)):
+            console.print(f"{name} {what}: serial {c.serial_number:X}, until {c.not_valid_after_utc:%Y-%m-%d}, "
+                          f"sha256 {x509ops.fingerprint(c)[:23]}...")
+
+    if show_status:
+        if where.given is None:
+            console.print(f"{name}: no rotation in progress (key on {', '.join(where.key_on) or 'no node'})")
+            return
+        show(where.given)
+        for node, st in where.stages.items():
+            console.print(f"{node:<16} stage {st} ({RT.STAGES[st] if st >= 0 else 'inconsistent'})")
+        console.print(f"cluster: stage {where.stage}")
+        return
+    if any(st < 0 for st in where.stages.values()):
+        bad = [n for n, st in where.stages.items() if st < 0]
+        fail(f"{name}: {', '.join(bad)} hold an inconsistent mix of the two CAs; see --status (nothing was changed)")
+    given: Any = where.given
+    if abort:
+        if given is None:
+            fail(f"{name}: no rotation in progress: nothing to abort")
+        if max(where.stages.values()) >= 3 or given.old_key is None:
+            fail(f"{name}: stage 3 has started (the old CA is leaving the nodes); it cannot be aborted: re-run "
+                 f"without --abort to finish")
+        targets = ([1] if max(where.stages.values()) >= 2 else []) + [0]
+    else:
+        given = given or start(hosts, connect, name, now=now, days=days, **validity)
+        targets = list(range(where.stage + 1, until + 1))
+    show(given)
+    if not targets:
+        console.print(f"{name}: every node is at stage {where.stage} already; nothing to do")
+        return
+    console.print(f"stages to run: {', '.join(f'{t} ({RT.STAGES[t]})' for t in targets)}")
+    if dry_run:
+        _dry_run(hosts, connect, console, lambda h, fs: RT.plan(fs, [name], now=now, given=given, stage=targets[0],
+                                                                abort=abort, days=days, **validity))
+        return
+    if not yes:
+        fail("a rolling CA rotation restarts every node several times: pass --yes (review it first with --dry-run)")
+    options, timeouts = runtime_setup(cri, strategy, service_manager, restart_commands, gate_timeouts,
+                                       restart_timeout)
+    state = RunState.load(state_path or f"{target.inventory}.kubecert-rotate-state.json", inventory_digest(hosts))
+    notes: list[str] = []
+
+    def roll(progress: Any) -> Any:
+        run, more = cluster_ca_rotate(hosts, connect, given, targets, now=now, state=state, abort=abort,
+                                      options=options, timeouts=timeouts, progress=progress, days=days, **validity)
+        notes.extend(more)
+        return run
+
+    run, took = _roll_out(console, state, roll)
+    for note in notes:
+        console.print(note)
+    console.print(f"{name}: every node at stage {targets[-1]} ({RT.STAGES[targets[-1]]}); {took:.1f}s")
+
+
 @cluster.command("recover")
 @inventory_options
 @click.option("--this-node", is_flag=True,

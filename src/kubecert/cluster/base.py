@@ -173,16 +173,19 @@ class RunState:
     inventory: str
     done: List[str] = field(default_factory=list)
     started: str = ""
+    stage: str = ""  # a multi-pass run (CA rotation): the pass that ``done`` belongs to
 
     @classmethod
     def load(cls, path: str, inventory: str) -> RunState:
         data = read_state(path, inventory)
         if data is None:
             return cls(path, inventory)
-        return cls(path, inventory, [str(n) for n in data.get("done") or []], str(data.get("started", "")))
+        return cls(path, inventory, [str(n) for n in data.get("done") or []], str(data.get("started", "")),
+                   str(data.get("stage", "")))
 
     def save(self) -> None:
-        write_state(self.path, {"inventory": self.inventory, "done": self.done, "started": self.started})
+        write_state(self.path, {"inventory": self.inventory, "done": self.done, "started": self.started,
+                                "stage": self.stage})
 
     def finish(self) -> None:
         remove_state(self.path)

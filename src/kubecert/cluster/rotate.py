@@ -1,0 +1,158 @@
+"""``cluster ca rotate NAME``: the three stages of :mod:`kubecert.rotate`, each a rolling pass over
+every node (etcd hosts, control planes, workers; one at a time, each gated on the whole cluster's
+health, as :func:`renew.rolling` does) — every node reaches a stage before any node starts the next.
+
+Resumable from the nodes themselves: the rotation's two CAs are read back from the nodes that keep
+the CA key (``pki/ca-new.*`` at stage 1, ``pki/ca-old.*`` at stage 2), each node's stage from its
+own trust points and certificates; a re-run continues from the lowest stage any node is at. The
+keys are held in memory and written only to the nodes that kept the old key; nodes without it (the
+workers) get the certificates, and their kubelet client certs are re-issued with the key lent, as
+``cluster renew`` does. The state file only skips nodes already done in the current stage.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from cryptography import x509
+
+from .. import carenew, rotate, spec, x509ops
+from ..errors import KubecertError, PKIError
+from ..layout import Layout
+from ..node.restart import Timeouts, renew_restart
+from ..node.runtime import Options
+from .base import ClusterRun, Connect, NodeRun, Progress, RunState, _quiet, reachable
+from .renew import _cluster_nodes, rolling, rollout_order
+
+
+@dataclass(frozen=True)
+class Where:
+    """What the cluster holds of one CA's rotation."""
+
+    given: Optional[rotate.Given]  # None: not rotating
+    stages: Dict[str, int]  # node -> stage (-1: inconsistent), for the nodes that have this CA
+    key_on: List[str]
+
+    @property
+    def stage(self) -> int:
+        """The stage every node has reached (the lowest); 0 when no rotation is in progress."""
+        if self.given is None or not self.stages:
+            return 0
+        return min(self.stages.values())
+
+
+def _current(fs: Any, name: str) -> Tuple[Optional[List[x509.Certificate]], Optional[Any]]:
+    e = spec.entry(name)
+    lay = Layout()
+    if not fs.exists(lay.cert(e)):
+        return None, None
+    certs = x509ops.load_certs(fs.read(lay.cert(e)), fs.display(lay.cert(e)))
+    key = x509ops.load_key(fs.read(lay.key(e)), fs.display(lay.key(e))) if fs.exists(lay.key(e)) else None
+    return certs, key
+
+
+def discover(hosts: Sequence[Any], connect: Connect, name: str) -> Where:
+    """The rotation in progress (from the nodes that keep the CA key) and every node's stage."""
+    pairs: Dict[Tuple[str, str], rotate.Given] = {}
+    key_on: List[str] = []
+    bundles: List[List[x509.Certificate]] = []
+    current_key: Optional[Tuple[x509.Certificate, Any]] = None
+    for h, conn in reachable(hosts, connect):  # each connection closes when the loop moves on
+        fs = conn.fs()
+        certs, key = _current(fs, name)
+        if certs is None:
+            continue
+        if len(certs) > 1:
+            bundles.append(certs)
+        if key is None or h.role == "worker":
+            continue
+        key_on.append(h.name)
+        pair = rotate._load_pair(fs, Layout(), name)
+        if pair is not None:
+            g = rotate.Given(name, pair.old, pair.new, pair.old_key, pair.new_key)
+            pairs[(x509ops.fingerprint(pair.old), x509ops.fingerprint(pair.new))] = g
+        elif x509ops.key_matches_cert(certs[0], key):
+            current_key = (certs[0], key)
+    if len(pairs) > 1:
+        raise PKIError(f"{name}: the nodes that keep its key are rotating to different CAs; restore them from "
+                       "backups (kubecert backups list) before going on")
+    given = next(iter(pairs.values()), None)
+    if given is None and current_key is not None:
+        # every key node finished stage 3: the nodes still holding a bundle are mid-stage 3
+        for certs in bundles:
+            fps = [x509ops.fingerprint(c) for c in certs]
+            if x509ops.fingerprint(current_key[0]) in fps:
+                old = next(c for c in certs if x509ops.fingerprint(c) != x509ops.fingerprint(current_key[0]))
+                given = rotate.Given(name, old, current_key[0], None, current_key[1])
+                break
+    stages: Dict[str, int] = {}
+    if given is not None:
+        for h, conn in reachable(hosts, connect):
+            fs = conn.fs()
+            if not fs.exists(Layout().cert(spec.entry(name))):
+                continue
+            stages[h.name] = rotate.status(fs, name, given.old, given.new).stage
+    return Where(given, stages, key_on)
+
+
+def start(hosts: Sequence[Any], connect: Connect, name: str, *, now: dt.datetime, days: int, clock: dt.datetime,
+          min_days: float = 1.0, force_validity: bool = False) -> rotate.Given:
+    """A new CA for ``name`` (in memory): its old key read from a node that keeps it."""
+    from .base import collect_signers
+
+    signers, _ = collect_signers(_cluster_nodes(hosts), connect)
+    if name not in signers:
+        raise KubecertError(f"{name}: no node keeps its key (an external CA?): it cannot be rotated here")
+    old, old_key = signers[name]
+    pair = rotate.fresh_pair(name, old, old_key, now=now, days=days, clock=clock, min_days=min_days,
+                             force_validity=force_validity)
+    return rotate.Given(name, pair.old, pair.new, pair.old_key, pair.new_key)
+
+
+def cluster_ca_rotate(hosts: Sequence[Any], connect: Connect, given: rotate.Given, targets: Sequence[int], *,
+                      now: dt.datetime, state: RunState, abort: bool = False, options: Optional[Options] = None,
+                      timeouts: Optional[Timeouts] = None, progress: Progress = _quiet,
+                      **plan_kwargs: Any) -> Tuple[ClusterRun, List[str]]:
+    """Each stage of ``targets`` as one rolling pass over every node; stop at the first failure (that
+    node is rolled back to where the stage found it). -> (the run, notes on cluster-info)."""
+    runs: List[NodeRun] = []
+    notes: List[str] = []
+    for target in targets:
+        label = f"{'abort' if abort else 'rotate'} {given.name} -> stage {target}"
+        if state.stage != label:
+            state.stage, state.done = label, []
+        progress("cluster", "stage", f"{label} ({rotate.STAGES[target]})")
+
+        def node(h: Any, conn: Any, node_progress: Any, verifier: Any, _t: int = target) -> Any:
+            return renew_restart(conn.fs(), [given.name], now=now, options=options, timeouts=timeouts,
+                                 rollback=True, progress=node_progress, runner=conn.run, verifier_factory=verifier,
+                                 planner=rotate.plan, applier=rotate.apply, given=given, stage=_t, abort=abort,
+                                 **plan_kwargs)
+
+        stage_runs, stopped = rolling(hosts, rollout_order(hosts), connect, state=state, now=now, progress=progress,
+                                      renew_node=node)
+        runs = [r for r in runs if r.name not in {s.name for s in stage_runs}] + stage_runs
+        if stopped:
+            return ClusterRun(tuple(runs), {}), notes
+        if given.name == "ca" and target in (1, 3, 0):
+            notes.append(publish(hosts, connect, given, target))
+    state.finish()
+    return ClusterRun(tuple(runs), {}), notes
+
+
+def publish(hosts: Sequence[Any], connect: Connect, given: rotate.Given, stage: int) -> str:
+    """kube-public/cluster-info (what `kubeadm join` trusts) with the CAs of ``stage``: both at 1, the
+    new one at 3, the old one at 0 (an abort)."""
+    from ..node.probes import ProbeError
+    from .api import connect_api
+
+    keep = [given.old, given.new] if stage == 1 else [given.new] if stage == 3 else [given.old]
+    try:
+        api = connect_api(_cluster_nodes(hosts), connect)
+        if api is None:
+            return "cluster-info: no control plane with admin.conf answered; left alone"
+        return "cluster-info: " + carenew.update_cluster_info(api, keep)
+    except (KubecertError, ProbeError) as exc:
+        return f"cluster-info: not updated ({exc})"
