@@ -39,20 +39,23 @@ def load(ca_crt: Path, ca_key: Path) -> Signer:
     return Signer(x509.load_pem_x509_certificate(ca_crt.read_bytes()), key)  # type: ignore[arg-type]
 
 
-def intermediate(parent: Signer, cn: str = "corp issuing CA") -> Signer:
-    """An issuing CA below ``parent`` (the node's CA): leafs it signs chain through it."""
+def intermediate(parent: Signer, cn: str = "corp issuing CA", *, path_length: Optional[int] = 0,
+                 key_cert_sign: bool = True) -> Signer:
+    """An issuing CA below ``parent`` (the node's CA): leafs it signs chain through it (and through
+    ``parent``'s own intermediates)."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     now = _now()
     cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
             .issuer_name(parent.cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1000))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+            .add_extension(x509.KeyUsage(True, False, False, False, False, key_cert_sign, True, False, False),
+                           critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(parent.cert.public_key()),  # type: ignore[arg-type]
                            critical=False)
             .sign(parent.key, hashes.SHA256()))
-    return Signer(cert, key, [cert])
+    return Signer(cert, key, [cert] + parent.chain)
 
 
 def self_signed(cn: str = "not the cluster CA") -> Signer:
@@ -69,7 +72,8 @@ def self_signed(cn: str = "not the cluster CA") -> Signer:
 
 def sign(signer: Signer, csr_pem: bytes, name: str, *, days: int = 365, not_before: Optional[dt.datetime] = None,
          not_after: Optional[dt.datetime] = None, public_key: object = None, drop_san: Optional[str] = None,
-         subject: Optional[x509.Name] = None, ekus: Optional[Tuple[str, ...]] = None, ca: bool = False) -> bytes:
+         subject: Optional[x509.Name] = None, ekus: Optional[Tuple[str, ...]] = None, ca: bool = False,
+         key_cert_sign: bool = False, critical_unknown: bool = False) -> bytes:
     """The certificate a corporate CA returns for ``csr_pem`` (PEM: leaf, then ``signer.chain``)."""
     csr = x509.load_pem_x509_csr(csr_pem)
     now = _now()
@@ -79,11 +83,15 @@ def sign(signer: Signer, csr_pem: bytes, name: str, *, days: int = 365, not_befo
          .serial_number(x509.random_serial_number())
          .not_valid_before(not_before or now - dt.timedelta(minutes=5))
          .not_valid_after(not_after or now + dt.timedelta(days=days))
-         .add_extension(x509.KeyUsage(True, False, not ca, False, False, ca, ca, False, False), critical=True)
+         .add_extension(x509.KeyUsage(True, False, not ca, False, False, ca or key_cert_sign, ca, False, False),
+                        critical=True)
          .add_extension(x509.ExtendedKeyUsage([_EKU[u] for u in (e.eku if ekus is None else ekus)]), critical=False)
          .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
          .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.cert.public_key()),  # type: ignore[arg-type]
                         critical=False))
+    if critical_unknown:
+        b = b.add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.55555.1"), b"\x05\x00"),
+                            critical=True)
     try:
         san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         names = [g for g in san if str(getattr(g, "value", "")) != drop_san]

@@ -12,6 +12,7 @@ import base64
 import os
 import shutil
 import stat
+import struct
 import subprocess
 from pathlib import Path
 from typing import Callable, Dict, Tuple
@@ -119,7 +120,7 @@ def test_csr_refusals_write_nothing(node_copy: Callable[..., Path], tmp_path: Pa
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o777)  # writable by everyone and not sticky
-    assert_one_line_error(_csr(root, shared / "out"), "another user can write there")
+    assert_one_line_error(_csr(root, shared / "out"), "another user can change it")
     assert list(shared.iterdir()) == []
     assert [p.name for p in tmp_path.iterdir() if "kubecert-tmp" in p.name] == []
     # named explicitly, a CSR is written even where the CA key is present
@@ -223,6 +224,19 @@ TAMPERED = {
                    "drops usage(s) clientAuth"),
     "a CA cert": ("scheduler.conf", lambda s, csr: corpca.sign(s["ca"], csr, "scheduler.conf", ca=True),
                   "a CA certificate, not a leaf"),
+    "a leaf that signs": ("apiserver-etcd-client", lambda s, csr: corpca.sign(
+        s["etcd-ca"], csr, "apiserver-etcd-client", key_cert_sign=True), "a CA certificate, not a leaf"),
+    # Go reads the LAST CN: the apiserver would see system:kube-controller-manager (found by review)
+    "two CNs": ("scheduler.conf", lambda s, csr: corpca.sign(s["ca"], csr, "scheduler.conf", subject=x509.Name([
+        x509.NameAttribute(NameOID.COMMON_NAME, "system:kube-scheduler"),
+        x509.NameAttribute(NameOID.COMMON_NAME, "system:kube-controller-manager")])), "one CN"),
+    "intermediate may not sign": ("apiserver", lambda s, csr: corpca.sign(
+        corpca.intermediate(s["ca"], key_cert_sign=False), csr, "apiserver"), "lacks keyCertSign"),
+    "path length exceeded": ("apiserver", lambda s, csr: corpca.sign(
+        corpca.intermediate(corpca.intermediate(s["ca"], "int-1", path_length=0), "int-2"), csr, "apiserver"),
+        "allows 0 intermediate(s) below it"),
+    "unknown critical extension": ("front-proxy-client", lambda s, csr: corpca.sign(
+        s["front-proxy-ca"], csr, "front-proxy-client", critical_unknown=True), "critical extension"),
 }
 
 
@@ -267,6 +281,30 @@ def test_import_refuses_an_unsigned_csr_and_an_unsafe_directory(node_copy: Calla
                           "owned or writable by another user")
     assert_one_line_error(run_kubecert("import", str(tmp_path / "nowhere"), "--root", str(root), "--yes"),
                           "no such directory")
+    (out / "pki/etcd").chmod(0o700)
+    # a key file others could read (a cp -r under umask 022): it may have been copied
+    (out / "scheduler.conf").chmod(0o644)
+    assert_one_line_error(run_kubecert("import", str(out), "scheduler.conf", "--root", str(root), "--yes"),
+                          "readable by others")
+    (out / "scheduler.conf").chmod(0o600)
+    # a POSIX ACL that lets another user write, hidden from the group bits by its mask (found by review)
+    acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, uid) for tag, perm, uid in (
+        (0x01, 6, 0xFFFFFFFF), (0x02, 6, 4242), (0x04, 4, 0xFFFFFFFF), (0x10, 6, 0xFFFFFFFF), (0x20, 4, 0xFFFFFFFF)))
+    try:
+        os.setxattr(out / "scheduler.conf.csr", "system.posix_acl_access", acl)
+    except OSError:
+        pytest.skip("no POSIX ACLs on this file system")
+    assert_one_line_error(run_kubecert("import", str(out), "scheduler.conf", "--root", str(root), "--yes"),
+                          "(mode or ACL)")
+    os.removexattr(out / "scheduler.conf.csr", "system.posix_acl_access")
+    # a directory on the way that another user can change (rename the tree under root's feet)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    shutil.move(str(out), shared / "csrs")
+    assert_one_line_error(run_kubecert("import", str(shared / "csrs"), "--root", str(root), "--yes"),
+                          "another user can change it")
+    assert_one_line_error(run_kubecert("csr", "--root", str(root), "--out", ""), "not a directory name")
     assert node_state(root) == before
 
 

@@ -168,7 +168,7 @@ def _read_signed(d: PrivateDir, e: spec.Entry) -> Tuple[bytes, bytes, bytes, str
     where = os.path.join(d.path, crt_rel)
     csr = d.read(csr_rel)
     assert csr is not None
-    held = d.read(key_rel)
+    held = d.read(key_rel, secret=True)
     if held is None:
         raise PKIError(f"{os.path.join(d.path, key_rel)}: missing: the new key of {csr_rel} (written by "
                        "kubecert csr beside it)")
@@ -200,16 +200,20 @@ def _check(e: spec.Entry, old: x509.Certificate, ca: x509.Certificate, csr: x509
         raise PKIError(f"{where}: its CSR is not for the key beside it")
     if not x509ops.key_matches_cert(leaf, key):
         raise PKIError(f"{where}: not for the key of its CSR (another key was signed); refusing to install it")
-    if x509ops.is_ca_cert(leaf):
-        raise PKIError(f"{where}: a CA certificate, not a leaf")
+    if x509ops.is_ca_cert(leaf) or {"key_cert_sign", "crl_sign"} & set(x509ops.key_usages(leaf)):
+        raise PKIError(f"{where}: a CA certificate, not a leaf (CA:TRUE or a KeyUsage that signs certificates)")
     path = x509ops.chain_to(leaf, certs[1:], ca)
     if path is None:
         raise PKIError(f"{where}: does not chain to this node's {e.ca} ({ca.subject.rfc4514_string()}); signed "
                        f"by {leaf.issuer.rfc4514_string()!r}")
-    if (x509ops.common_name(leaf.subject), set(x509ops.organizations(leaf.subject))) != \
-            (x509ops.common_name(old.subject), set(x509ops.organizations(old.subject))):
+    problem = x509ops.chain_problem(leaf, path)
+    if problem:
+        raise PKIError(f"{where}: {problem}; the control plane would refuse it")
+    if not x509ops.plain_identity(leaf.subject) or \
+            (x509ops.common_name(leaf.subject), sorted(x509ops.organizations(leaf.subject))) != \
+            (x509ops.common_name(old.subject), sorted(x509ops.organizations(old.subject))):
         raise PKIError(f"{where}: subject {leaf.subject.rfc4514_string()!r} is not the identity of the certificate "
-                       f"it replaces ({old.subject.rfc4514_string()!r}: the same CN and O)")
+                       f"it replaces ({old.subject.rfc4514_string()!r}: one CN, the same CN and O)")
     (old_dns, old_ips), (dns, ips) = x509ops.sans(old), x509ops.sans(leaf)
     lost = [n for n in old_dns if n not in dns] + [i for i in old_ips if i not in ips]
     if lost:

@@ -294,7 +294,12 @@ class _Scan:
         if ca is not None:
             # an external CA may sign through intermediates, sent after the leaf in the same file
             rest = self._chains.get(x509ops.fingerprint(cert), ()) if self._chains else ()
-            if not (x509ops.signed_by(cert, ca) or rest and x509ops.chain_to(cert, rest, ca) is not None):
+            chain = None if x509ops.signed_by(cert, ca) or not rest else x509ops.chain_to(cert, rest, ca)
+            problem = x509ops.chain_problem(cert, chain) if chain else None
+            if problem:
+                self.find(ERROR, "chain", e.name, path, f"{e.name}: {problem}",
+                          f"have the CA re-issue it, then: kubecert import (or kubecert renew {e.name})")
+            if not (x509ops.signed_by(cert, ca) or chain is not None):
                 self.find(ERROR, "wrong-ca", e.name, path,
                           f"{e.name} is not signed by {e.ca} ({self.fs.display(self.layout.cert(spec.entry(e.ca)))})",
                           f"re-issue it from {e.ca}: kubecert renew {e.name}")
@@ -319,8 +324,8 @@ class _Scan:
         if "{node}" not in e.cn or node:
             want = e.expected_cn(node or "")
             orgs = x509ops.organizations(cert.subject)
-            if e.sans not in (spec.SanSource.ETCD_SERVER, spec.SanSource.ETCD_PEER) and (
-                    cn != want or orgs not in e.orgs):
+            if not x509ops.plain_identity(cert.subject) or e.sans not in (
+                    spec.SanSource.ETCD_SERVER, spec.SanSource.ETCD_PEER) and (cn != want or orgs not in e.orgs):
                 self.find(WARNING, "subject", e.name, path,
                           f"{e.name} subject is {cert.subject.rfc4514_string()!r}, kubeadm writes "
                           f"CN={want}" + (f", O={','.join(e.orgs[0])}" if e.orgs[0] else ""),

@@ -225,6 +225,7 @@ def _check_lent(e: spec.Entry, old: x509.Certificate, held: Optional[bytes], sou
         shape_ok = cn.startswith(prefix) and len(cn) > len(prefix)
     else:
         shape_ok = cn == e.cn
+    shape_ok = shape_ok and x509ops.plain_identity(old.subject)  # one CN: Go reads the last of several
     if not shape_ok or orgs not in e.orgs or set(x509ops.ekus(old)) != set(e.eku) or x509ops.is_ca_cert(old):
         raise PKIError(f"{refuse}: its subject {old.subject.rfc4514_string()!r} or usages are not those of "
                        f"{e.name} (CN={e.cn}, O={','.join(e.orgs[0]) or '-'})")

@@ -194,8 +194,19 @@ def not_after(cert: x509.Certificate) -> dt.datetime:
 
 
 def common_name(name: x509.Name) -> str:
+    """The CN as Go reads it (``pkix.Name.CommonName``: the LAST CN attribute), which is the user name
+    the apiserver's x509 authenticator takes; see :func:`plain_identity` for names with several."""
     attrs = name.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(attrs[0].value) if attrs else ""
+    return str(attrs[-1].value) if attrs else ""
+
+
+def plain_identity(name: x509.Name) -> bool:
+    """Exactly one CN, and no CN or O inside a multi-valued RDN: a subject every reader (Go, OpenSSL,
+    kubecert) takes for the same user and groups."""
+    if len(name.get_attributes_for_oid(NameOID.COMMON_NAME)) != 1:
+        return False
+    return all(len(rdn) == 1 for rdn in name.rdns
+               if any(a.oid in (NameOID.COMMON_NAME, NameOID.ORGANIZATION_NAME) for a in rdn))
 
 
 def organizations(name: x509.Name) -> Tuple[str, ...]:
@@ -538,4 +549,39 @@ def chain_to(leaf: x509.Certificate, intermediates: Sequence[x509.Certificate],
         pool.remove(step)
         path.append(step)
         current = step
+    return None
+
+
+def chain_problem(leaf: x509.Certificate, path: Sequence[x509.Certificate]) -> Optional[str]:
+    """What Go's (and OpenSSL's) chain verification would refuse in ``leaf`` + ``path`` (from
+    :func:`chain_to`) beyond signatures and dates, or None: a critical extension it does not know,
+    an intermediate that may not sign certificates (KeyUsage), a path length exceeded, an
+    intermediate's EKU that excludes the leaf's, name constraints (not checked here: refused)."""
+    known = {x509.BasicConstraints, x509.KeyUsage, x509.ExtendedKeyUsage, x509.SubjectAlternativeName,
+             x509.SubjectKeyIdentifier, x509.AuthorityKeyIdentifier, x509.NameConstraints}
+    leaf_ekus = set(ekus(leaf))
+    for depth, cert in enumerate([leaf, *path]):
+        what = "the certificate" if depth == 0 else f"intermediate {cert.subject.rfc4514_string()!r}"
+        for ext in cert.extensions:
+            if ext.critical and type(ext.value) not in known:
+                return f"{what} has a critical extension {ext.oid.dotted_string} that Go does not handle"
+        if depth == 0:
+            continue
+        try:
+            ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+            if not ku.key_cert_sign:
+                return f"{what} may not sign certificates (its KeyUsage lacks keyCertSign)"
+        except x509.ExtensionNotFound:
+            pass
+        limit = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length
+        if limit is not None and depth - 1 > limit:
+            return f"{what} allows {limit} intermediate(s) below it, the chain has {depth - 1}"
+        try:
+            cert.extensions.get_extension_for_class(x509.NameConstraints)
+            return f"{what} has name constraints, which kubecert does not evaluate; refusing rather than guess"
+        except x509.ExtensionNotFound:
+            pass
+        own = set(ekus(cert))
+        if own and "2.5.29.37.0" not in own and not leaf_ekus <= own:
+            return f"{what} is limited to {', '.join(sorted(own))}, not {', '.join(sorted(leaf_ekus - own))}"
     return None

@@ -4,28 +4,32 @@ external-CA renewal (``kubecert csr --out DIR``), and the signed certificates br
 
 Written whole or not at all: every file goes into a fresh 0700 directory with an unpredictable name
 beside the target, which is then renamed into place (a target that exists must be an empty
-directory of ours). Read without following a symlink anywhere inside, and only from directories and
-files of the user running kubecert (or root) that no other user can write: whoever could plant a
-file there could make kubecert install a key of theirs.
+directory of ours). Every directory on the way from ``/`` is opened without following a symlink and
+must be one no other user can change (ours or root's, no write bit for group or others unless
+sticky, no POSIX ACL); every later step works on those directory descriptors, so nothing can be
+swapped between a check and a write. Read the same way, and only from files of ours that no one
+else can write (and, for keys, read): whoever could plant a file there could make kubecert install
+a key of theirs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
-import shutil
 import stat
 from typing import Dict, List, Optional
 
 from ..errors import KubecertError
 
 MAX_FILE = 1 << 20
+_ACL = "system.posix_acl_access"
 
 
 def writable_by_others(st: os.stat_result) -> bool:
-    """Another user (not root's group) may write there."""
-    return bool(st.st_mode & stat.S_IWOTH or (st.st_mode & stat.S_IWGRP and st.st_gid != 0))
+    """Another user may write there (group or others)."""
+    return bool(st.st_mode & (stat.S_IWOTH | stat.S_IWGRP))
 
 
 def ours(st: os.stat_result) -> bool:
@@ -38,57 +42,129 @@ def safe_dir(st: os.stat_result) -> bool:
     return ours(st) and (not writable_by_others(st) or bool(st.st_mode & stat.S_ISVTX))
 
 
-def _parent_ok(path: str) -> str:
-    parent = os.path.dirname(os.path.abspath(path)) or "."
+def _has_acl(fd: int) -> bool:
+    """A POSIX access ACL beyond the mode bits (its mask hides named users from the group bits)."""
     try:
-        st = os.stat(parent)
+        return bool(os.getxattr(fd, _ACL))
     except OSError as exc:
-        raise KubecertError(f"{parent}: {exc.strerror}; nothing was written") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise KubecertError(f"{parent}: not a directory; nothing was written")
-    if not safe_dir(st):
-        raise KubecertError(f"{parent}: another user can write there; choose a directory only you can write "
-                            "(nothing was written)")
-    return parent
+        if exc.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+            return False
+        raise
+
+
+def open_dir(path: str, *, final_private: bool = False) -> int:
+    """``path`` (made absolute and real first) opened component by component from ``/`` without
+    following symlinks, each directory safe (:func:`safe_dir`, no ACL); ``final_private``: the last
+    one also writable by its owner only (no sticky exemption). -> a directory fd (caller closes)."""
+    real = os.path.realpath(os.path.abspath(path))
+    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+    parts = [p for p in real.split("/") if p]
+    try:
+        for i, part in enumerate(["/", *parts]):
+            if i:
+                try:
+                    nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                except FileNotFoundError:
+                    raise KubecertError(f"{path}: no such directory; nothing was changed") from None
+                except OSError as exc:
+                    if exc.errno in (errno.ENOTDIR, errno.ELOOP):
+                        raise KubecertError(f"{path}: not a directory (or it changed while being opened); "
+                                            "nothing was changed") from None
+                    raise KubecertError(f"{path}: {exc.strerror}; nothing was changed") from None
+                os.close(fd)
+                fd = nfd
+            st = os.fstat(fd)
+            shown = "/" + "/".join(parts[:i])
+            last = i == len(parts)
+            if not safe_dir(st) or _has_acl(fd) or (last and final_private and writable_by_others(st)):
+                raise KubecertError(f"{shown}: another user can change it (owner, mode or ACL); keep key material "
+                                    "in a directory only you can change (nothing was changed)")
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def create(path: str, files: Dict[str, bytes]) -> None:
     """Create directory ``path`` (0700) holding ``files`` (relative names -> content, each 0600),
     atomically. Refused when ``path`` exists, unless it is an empty directory of ours."""
-    parent = _parent_ok(path)
+    if not path or not os.path.basename(os.path.abspath(path)) or os.path.abspath(path) == "/":
+        raise KubecertError(f"{path!r}: not a directory name for --out; nothing was written")
+    name = os.path.basename(os.path.abspath(path))
+    parent = open_dir(os.path.dirname(os.path.abspath(path)) or "/")
     try:
-        st: Optional[os.stat_result] = os.lstat(path)
-    except FileNotFoundError:
-        st = None
-    if st is not None and (not stat.S_ISDIR(st.st_mode) or not ours(st) or os.listdir(path)):
-        raise KubecertError(f"{path}: exists and is not an empty directory of yours; choose a new --out "
-                            "(nothing was written)")
-    tmp = os.path.join(parent, f".{os.path.basename(os.path.abspath(path))}.kubecert-tmp-{secrets.token_hex(8)}")
-    os.mkdir(tmp, 0o700)
-    try:
-        for rel, data in files.items():
-            if rel.startswith("/") or ".." in rel.split("/"):
-                raise KubecertError(f"{rel}: not a relative name")
-            full = os.path.join(tmp, rel)
-            os.makedirs(os.path.dirname(full), mode=0o700, exist_ok=True)
-            fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-        if st is not None:
-            os.rmdir(path)  # the empty directory of ours the rename replaces
-        os.rename(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(tmp)
-        raise
-    with contextlib.suppress(OSError):
-        fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            os.fsync(fd)
+            st: Optional[os.stat_result] = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            st = None
+        if st is not None and (not stat.S_ISDIR(st.st_mode) or not ours(st) or _listdir(parent, name)):
+            raise KubecertError(f"{path}: exists and is not an empty directory of yours; choose a new --out "
+                                "(nothing was written)")
+        tmp = f".{name}.kubecert-tmp-{secrets.token_hex(8)}"
+        os.mkdir(tmp, 0o700, dir_fd=parent)
+        try:
+            tfd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent)
+            try:
+                for rel, data in files.items():
+                    _write(tfd, rel, data)
+                os.fsync(tfd)
+            finally:
+                os.close(tfd)
+            if st is not None:
+                os.rmdir(name, dir_fd=parent)  # the empty directory of ours the rename replaces
+            os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
+        except BaseException:
+            _remove_tree(parent, tmp)
+            raise
+        with contextlib.suppress(OSError):
+            os.fsync(parent)
+    finally:
+        os.close(parent)
+
+
+def _listdir(parent: int, name: str) -> List[str]:
+    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent)
+    try:
+        return os.listdir(fd)
+    finally:
+        os.close(fd)
+
+
+def _write(top: int, rel: str, data: bytes) -> None:
+    """``rel`` under the directory ``top`` (ours, 0700: no one else can plant anything inside)."""
+    parts = rel.split("/")
+    if rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise KubecertError(f"{rel}: not a relative name")
+    fd = os.dup(top)
+    try:
+        for part in parts[:-1]:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, 0o700, dir_fd=fd)
+            nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        ffd = os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=fd)
+        with os.fdopen(ffd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    finally:
+        os.close(fd)
+
+
+def _remove_tree(parent: int, name: str) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent)
+        try:
+            for entry in os.listdir(fd):
+                st = os.stat(entry, dir_fd=fd, follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    _remove_tree(fd, entry)
+                else:
+                    os.unlink(entry, dir_fd=fd)
         finally:
             os.close(fd)
+        os.rmdir(name, dir_fd=parent)
 
 
 class PrivateDir:
@@ -96,7 +172,7 @@ class PrivateDir:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._fd = self._open_dir(None, path, path)
+        self._fd = open_dir(path, final_private=True)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -111,50 +187,52 @@ class PrivateDir:
     def _refuse(self, shown: str, why: str) -> KubecertError:
         return KubecertError(f"{shown}: {why}; refusing to read key material from it (nothing was changed)")
 
-    def _open_dir(self, dir_fd: Optional[int], name: str, shown: str) -> int:
+    def _sub(self, dir_fd: int, name: str, shown: str) -> Optional[int]:
         try:
             fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
         except FileNotFoundError:
-            raise KubecertError(f"{shown}: no such directory; nothing was changed") from None
+            return None
         except OSError as exc:
-            if exc.errno in (20, 40):  # ENOTDIR, ELOOP: a file or a symlink
+            if exc.errno in (errno.ENOTDIR, errno.ELOOP):
                 raise self._refuse(shown, "not a directory (or a symlink)") from None
             raise KubecertError(f"{shown}: {exc.strerror}; nothing was changed") from None
         st = os.fstat(fd)
-        if not ours(st) or writable_by_others(st):
+        if not ours(st) or writable_by_others(st) or _has_acl(fd):
             os.close(fd)
-            raise self._refuse(shown, "owned or writable by another user")
+            raise self._refuse(shown, "owned or writable by another user (mode or ACL)")
         return fd
 
-    def read(self, rel: str) -> Optional[bytes]:
-        """The content of ``rel`` (e.g. ``pki/etcd/server.crt``), None when it is absent."""
+    def read(self, rel: str, *, secret: bool = False) -> Optional[bytes]:
+        """The content of ``rel`` (e.g. ``pki/etcd/server.crt``), None when it is absent. ``secret``:
+        it holds a private key, so no one else may read it either."""
         parts = rel.split("/")
         fds: List[int] = []
         try:
             fd = self._fd
             for i, part in enumerate(parts[:-1]):
-                try:
-                    fd = self._open_dir(fd, part, os.path.join(self.path, *parts[:i + 1]))
-                except KubecertError as exc:
-                    if "no such directory" in str(exc):
-                        return None
-                    raise
-                fds.append(fd)
+                sub = self._sub(fd, part, os.path.join(self.path, *parts[:i + 1]))
+                if sub is None:
+                    return None
+                fds.append(sub)
+                fd = sub
             shown = os.path.join(self.path, rel)
             try:
                 ffd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
             except FileNotFoundError:
                 return None
             except OSError as exc:
-                if exc.errno == 40:  # ELOOP
+                if exc.errno == errno.ELOOP:
                     raise self._refuse(shown, "a symlink") from None
                 raise KubecertError(f"{shown}: {exc.strerror}; nothing was changed") from None
             with os.fdopen(ffd, "rb") as fh:
                 st = os.fstat(fh.fileno())
                 if not stat.S_ISREG(st.st_mode):
                     raise self._refuse(shown, "not a regular file")
-                if not ours(st) or writable_by_others(st):
-                    raise self._refuse(shown, "owned or writable by another user")
+                if not ours(st) or writable_by_others(st) or _has_acl(fh.fileno()):
+                    raise self._refuse(shown, "owned or writable by another user (mode or ACL)")
+                if secret and st.st_mode & 0o077:
+                    raise self._refuse(shown, f"a private key readable by others (mode {stat.S_IMODE(st.st_mode):o}; "
+                                       "it may have been copied: make new CSRs")
                 data = fh.read(MAX_FILE + 1)
             if len(data) > MAX_FILE:
                 raise KubecertError(f"{shown}: larger than {MAX_FILE} bytes; not a certificate file")
