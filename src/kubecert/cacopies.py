@@ -139,18 +139,21 @@ def kubeconfig_ca_data(raw: bytes, source: str) -> List[bytes]:
     return out
 
 
-def updated_bundle(pem: bytes, versions: Sequence[x509.Certificate], source: str) -> Optional[bytes]:
-    """``pem`` (one CA or a bundle) with every version of a CA in ``versions`` replaced by that one;
-    None when nothing changes or it holds none of them."""
-    certs = x509ops.load_certs(pem, source)
+def replaced(certs: Sequence[x509.Certificate], versions: Sequence[x509.Certificate]) -> Optional[List[x509.Certificate]]:
+    """``certs`` (one CA or a bundle) with every version of a CA in ``versions`` replaced by that one,
+    without duplicates; None when nothing changes or it holds none of them."""
     out: List[x509.Certificate] = []
     for c in certs:
         c = next((v for v in versions if x509ops.same_ca(c, v)), c)
         if all(x509ops.fingerprint(c) != x509ops.fingerprint(o) for o in out):
             out.append(c)
-    if [x509ops.fingerprint(c) for c in out] == [x509ops.fingerprint(c) for c in certs]:
-        return None
-    return b"".join(x509ops.cert_pem(c) for c in out)
+    return None if [x509ops.fingerprint(c) for c in out] == [x509ops.fingerprint(c) for c in certs] else out
+
+
+def updated_bundle(pem: bytes, versions: Sequence[x509.Certificate], source: str) -> Optional[bytes]:
+    """:func:`replaced` on PEM bytes."""
+    out = replaced(x509ops.load_certs(pem, source), versions)
+    return None if out is None else x509ops.certs_pem(out)
 
 
 Certs = List[x509.Certificate]
@@ -192,7 +195,7 @@ def plan_updates(fs: NodeFS, pki_dir: str, transform: Callable[[Certs], Optional
 
         def replace(pem: bytes, source: str = shown) -> Optional[bytes]:
             new = transform(x509ops.load_certs(pem, source))
-            return None if new is None else b"".join(x509ops.cert_pem(c) for c in new)
+            return None if new is None else x509ops.certs_pem(new)
 
         try:
             if tf.kubeconfig:

@@ -201,9 +201,7 @@ def _plan_copies(fs: NodeFS, pki_dir: str, versions: Dict[str, x509.Certificate]
     renewed = list(versions.values())
 
     def transform(certs: List[x509.Certificate]) -> Optional[List[x509.Certificate]]:
-        new = [next((v for v in renewed if x509ops.same_ca(c, v)), c) for c in certs]
-        out = [c for i, c in enumerate(new) if all(x509ops.fingerprint(c) != x509ops.fingerprint(o) for o in new[:i])]
-        return None if [x509ops.fingerprint(c) for c in out] == [x509ops.fingerprint(c) for c in certs] else out
+        return cacopies.replaced(certs, renewed)
 
     def concerned(before: List[x509.Certificate]) -> bool:
         return any(x509ops.same_ca(c, v) for c in before for v in renewed)
@@ -270,7 +268,7 @@ def _cluster_info_ca(ca: Union[x509.Certificate, List[x509.Certificate]]) -> Cal
     """cluster-info's CA data: a renewed CA in place of its old version, or (a CA rotation, a list)
     exactly these CAs: old + new, then the new one alone."""
     if isinstance(ca, list):
-        exact = b"".join(x509ops.cert_pem(c) for c in ca)
+        exact = x509ops.certs_pem(ca)
         return lambda pem: None if pem == exact else exact
     return lambda pem: cacopies.updated_bundle(pem, [ca], "cluster-info")
 

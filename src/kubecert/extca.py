@@ -30,7 +30,7 @@ from .errors import KubecertError, PKIError, ValidityError
 from .facts import detect_profile, gather
 from .kubeconfig import parse as parse_kubeconfig
 from .kubeconfig import rewrite_kubeconfig
-from .renew import Plan, PlanItem, _differences, kubeconfig_client_cert
+from .renew import Plan, PlanItem, _differences, kubeconfig_client_cert, kubelet_pem_writes
 from .store import NodeFS, mode_owner
 from .store.privdir import PrivateDir
 from .store.txn import Backup, Fault, Transaction, Write
@@ -65,12 +65,8 @@ class CsrPlan:
     skipped: Tuple[Tuple[str, str], ...] = ()
 
 
-def _entry_path(layout: L.Layout, e: spec.Entry) -> str:
-    return layout.kubeconfig(e.path) if e.kind is spec.Kind.KUBECONFIG else layout.cert(e)
-
-
 def _current(fs: NodeFS, layout: L.Layout, e: spec.Entry) -> x509.Certificate:
-    path = _entry_path(layout, e)
+    path = layout.cert(e)
     if e.kind is spec.Kind.KUBECONFIG:
         cert = kubeconfig_client_cert(fs, path)
         if cert is None:
@@ -91,11 +87,11 @@ def _targets(fs: NodeFS, names: Sequence[str], profile: Optional[spec.Profile]) 
     for n in names:
         if n != "all" and n not in NAMES:
             raise KubecertError(f"{n}: not a certificate an external CA signs (choose from all, {', '.join(NAMES)})")
-    present = [spec.entry(n) for n in profile.names if n in NAMES and fs.exists(_entry_path(layout, spec.entry(n)))]
+    present = [spec.entry(n) for n in profile.names if n in NAMES and fs.exists(layout.cert(spec.entry(n)))]
     explicit = [n for n in names if n != "all"]
     for n in explicit:
-        if not fs.exists(_entry_path(layout, spec.entry(n))):
-            raise KubecertError(f"{fs.display(_entry_path(layout, spec.entry(n)))}: {n} is not on this node")
+        if not fs.exists(layout.cert(spec.entry(n))):
+            raise KubecertError(f"{fs.display(layout.cert(spec.entry(n)))}: {n} is not on this node")
     if "all" in names:
         return layout, present, profile
     if explicit:
@@ -138,7 +134,7 @@ def plan_csrs(fs: NodeFS, names: Sequence[str], *, key_type: Optional[str] = Non
         csr = x509ops.make_csr(old, key)
         key_rel, csr_rel, _ = files_of(e)
         key_pem = x509ops.key_pem(key)
-        files[key_rel] = (_partial_kubeconfig(fs, _entry_path(layout, e), key_pem)
+        files[key_rel] = (_partial_kubeconfig(fs, layout.cert(e), key_pem)
                           if e.kind is spec.Kind.KUBECONFIG else key_pem)
         files[csr_rel] = x509ops.csr_pem(csr)
         dns, ips = x509ops.sans(old)
@@ -260,7 +256,7 @@ def plan(fs: NodeFS, names: Sequence[str], *, now: dt.datetime, source: str, clo
             raise KubecertError(f"{source}: no CSR (pki/*.csr, *.conf.csr) here; write them with kubecert csr --out "
                                 f"{source}")
         for e in chosen:
-            path = _entry_path(layout, e)
+            path = layout.cert(e)
             if not fs.exists(path):
                 raise KubecertError(f"{fs.display(path)}: {e.name} is not on this node; nothing was changed")
             assert e.ca is not None
@@ -297,7 +293,7 @@ def plan(fs: NodeFS, names: Sequence[str], *, now: dt.datetime, source: str, clo
 
 def _plan_write(fs: NodeFS, layout: L.Layout, e: spec.Entry, chain: List[x509.Certificate], key: x509ops.PrivateKey,
                 now: dt.datetime, writes: List[Write]) -> None:
-    chain_pem = b"".join(x509ops.cert_pem(c) for c in chain)
+    chain_pem = x509ops.certs_pem(chain)
     key_pem = x509ops.key_pem(key)
     if e.kind is not spec.Kind.KUBECONFIG:
         cpath, kpath = layout.cert(e), layout.key(e)
@@ -317,13 +313,7 @@ def _plan_write(fs: NodeFS, layout: L.Layout, e: spec.Entry, chain: List[x509.Ce
     src = kc.cert_path or ""
     if not src or (kc.client_key_file and kc.client_key_file != kc.client_cert_file):
         raise PKIError(f"{fs.display(path)}: client cert and key are not one file; import it by hand")
-    _, uid, gid = mode_owner(fs, src, 0o600)
-    if fs.readlink(src) is not None:  # the kubelet's rotation layout: a new dated pem, the symlink switched
-        dated = f"{L.KUBELET_PKI_DIR}/kubelet-client-{now:%Y-%m-%d-%H-%M-%S}.pem"
-        writes.append(Write(dated, chain_pem + key_pem, 0o600, uid=uid, gid=gid))
-        writes.append(Write(src, link_target=dated))
-    else:
-        writes.append(Write(src, chain_pem + key_pem, 0o600, uid=uid, gid=gid))
+    writes.extend(kubelet_pem_writes(fs, src, chain_pem + key_pem, now))
 
 
 def apply(fs: NodeFS, p: Plan, *, fault: Optional[Fault] = None) -> Backup:

@@ -404,16 +404,18 @@ def _plan_kubelet_file(ctx: _Ctx, e: spec.Entry, kc: Kubeconfig, explicit: bool)
         return PlanItem(e.name, "skip", f"the kubelet rotates {shown} itself; valid for {left.days} more days "
                         "(name kubelet.conf to force)", path=shown, old_not_after=x509ops.not_after(old))
     new, key, _, item = _new_cert(ctx, e, old, old_key, shown, data)
-    link = ctx.fs.readlink(src)
-    dated = f"{L.KUBELET_PKI_DIR}/kubelet-client-{ctx.now:%Y-%m-%d-%H-%M-%S}.pem"
-    _, uid, gid = mode_owner(ctx.fs, src, 0o600)
-    pem = x509ops.cert_pem(new) + x509ops.key_pem(key)
-    if link is not None:
-        ctx.writes.append(Write(dated, pem, 0o600, uid=uid, gid=gid))
-        ctx.writes.append(Write(src, link_target=dated))
-    else:  # a plain file, not the kubelet's symlink: replace it in place
-        ctx.writes.append(Write(src, pem, 0o600, uid=uid, gid=gid))
+    ctx.writes.extend(kubelet_pem_writes(ctx.fs, src, x509ops.cert_pem(new) + x509ops.key_pem(key), ctx.now))
     return item
+
+
+def kubelet_pem_writes(fs: NodeFS, src: str, pem: bytes, now: dt.datetime) -> List[Write]:
+    """The kubelet's client cert+key (``src``, kubelet.conf's file) replaced as its own rotation does:
+    a new dated pem and the ``kubelet-client-current.pem`` symlink switched, or a plain file rewritten."""
+    _, uid, gid = mode_owner(fs, src, 0o600)
+    if fs.readlink(src) is None:  # a plain file, not the kubelet's symlink: replace it in place
+        return [Write(src, pem, 0o600, uid=uid, gid=gid)]
+    dated = f"{L.KUBELET_PKI_DIR}/kubelet-client-{now:%Y-%m-%d-%H-%M-%S}.pem"
+    return [Write(dated, pem, 0o600, uid=uid, gid=gid), Write(src, link_target=dated)]
 
 
 def _plan_user_kubeconfigs(ctx: _Ctx, renewed: Dict[str, _Renewed]) -> List[PlanItem]:

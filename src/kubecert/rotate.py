@@ -60,22 +60,23 @@ def new_ca(old: x509.Certificate, key: x509ops.PrivateKey, not_before: dt.dateti
 
 
 @dataclass(frozen=True)
-class Pair:
-    """A rotation in progress on a node that keeps the CA key: both CAs, both keys."""
+class Given:
+    """A rotation's two CAs, keys in memory (None where no node keeps one): read back from a node that
+    keeps the key, or made by :func:`fresh_pair`, and given by the cluster driver to every node, which
+    keep the keys only if they kept the old one."""
 
     name: str
     old: x509.Certificate
-    old_key: x509ops.PrivateKey
     new: x509.Certificate
-    new_key: x509ops.PrivateKey
-    signer_is_new: bool  # stage 2: ca.key is the new key
+    old_key: Optional[x509ops.PrivateKey] = None
+    new_key: Optional[x509ops.PrivateKey] = None
 
 
 def _fp(c: x509.Certificate) -> str:
     return x509ops.fingerprint(c)
 
 
-def _load_pair(fs: NodeFS, layout: L.Layout, name: str) -> Optional[Pair]:
+def _load_pair(fs: NodeFS, layout: L.Layout, name: str) -> Optional[Given]:
     e = spec.entry(name)
     cpath, kpath = layout.cert(e), layout.key(e)
     new_crt, new_key, old_crt, old_key = side_files(layout, name)
@@ -96,9 +97,9 @@ def _load_pair(fs: NodeFS, layout: L.Layout, name: str) -> Optional[Pair]:
         other_key = x509ops.load_key(fs.read(k), fs.display(k)) if fs.exists(k) else None
         if other_key is None or not x509ops.key_matches_cert(other, other_key):
             raise PKIError(f"{fs.display(k)}: missing or does not match {fs.display(crt)}")
-        if is_new:
-            return Pair(name, current[0], key, other, other_key, signer_is_new=False)
-        return Pair(name, other, other_key, current[0], key, signer_is_new=True)
+        if is_new:  # stage 1: ca.key is still the old key
+            return Given(name, current[0], other, key, other_key)
+        return Given(name, other, current[0], other_key, key)
     return None
 
 
@@ -134,7 +135,7 @@ def _signed(fs: NodeFS, layout: L.Layout, name: str, profile: spec.Profile) -> L
         e = spec.entry(n)
         if e.ca != name:
             continue
-        path = layout.kubeconfig(e.path) if e.kind is spec.Kind.KUBECONFIG else layout.cert(e)
+        path = layout.cert(e)  # a kubeconfig's own path for a kubeconfig entry
         if not fs.exists(path):
             continue
         try:
@@ -159,8 +160,9 @@ def status(fs: NodeFS, name: str, old: x509.Certificate, new: x509.Certificate,
         has_old, has_new = _fp(old) in fps, _fp(new) in fps
         if has_old or has_new:
             holds.append((path, has_old, has_new))
-    on_old = tuple(n for n, c in _signed(fs, layout, name, profile) if x509ops.signed_by(c, old))
-    on_new = tuple(n for n, c in _signed(fs, layout, name, profile) if x509ops.signed_by(c, new))
+    signed = _signed(fs, layout, name, profile)
+    on_old = tuple(n for n, c in signed if x509ops.signed_by(c, old))
+    on_new = tuple(n for n, c in signed if x509ops.signed_by(c, new))
     both = all(o and n for _, o, n in holds)
     if all(o and not n for _, o, n in holds) and not on_new:
         return NodeStatus(name, 0, "trusts the old CA only", on_old, on_new)
@@ -176,10 +178,6 @@ def status(fs: NodeFS, name: str, old: x509.Certificate, new: x509.Certificate,
 
 
 # --- planning ------------------------------------------------------------------------------------
-
-def _bundle(certs: Sequence[x509.Certificate]) -> bytes:
-    return b"".join(x509ops.cert_pem(c) for c in certs)
-
 
 Transform = Callable[[List[x509.Certificate]], Optional[List[x509.Certificate]]]
 
@@ -266,23 +264,11 @@ def _ca_item(name: str, path: str, reason: str, cert: x509.Certificate, componen
 
 def fresh_pair(name: str, old: x509.Certificate, old_key: x509ops.PrivateKey, *, now: dt.datetime, days: int,
                clock: dt.datetime, min_days: float = 1.0, force_validity: bool = False,
-               key_type: Optional[str] = None) -> Pair:
+               key_type: Optional[str] = None) -> Given:
     """A new CA (a new key, in memory) for ``old``: the start of a rotation."""
     key = x509ops.generate_key(key_type or x509ops.key_description(old.public_key()))  # type: ignore[arg-type]
     nb, na = window(now, days, clock, min_days=min_days, force_validity=force_validity, name=name)
-    return Pair(name, old, old_key, new_ca(old, key, nb, na), key, signer_is_new=False)
-
-
-@dataclass(frozen=True)
-class Given:
-    """A rotation's two CAs as the cluster driver holds them (keys in memory; None where no node keeps
-    one): given to every node, which keep the keys only if they kept the old one."""
-
-    name: str
-    old: x509.Certificate
-    new: x509.Certificate
-    old_key: Optional[x509ops.PrivateKey] = None
-    new_key: Optional[x509ops.PrivateKey] = None
+    return Given(name, old, new_ca(old, key, nb, na), old_key, key)
 
 
 def plan(fs: NodeFS, names: Sequence[str], *, now: dt.datetime, abort: bool = False, days: int = DEFAULT_DAYS,
@@ -322,10 +308,10 @@ def plan(fs: NodeFS, names: Sequence[str], *, now: dt.datetime, abort: bool = Fa
             raise PKIError(f"{fs.display(cpath)}: holds {len(current)} certificates but no rotation is in progress "
                            f"({fs.display(side_files(layout, name)[0])} absent); not a state kubecert leaves")
         old_key = x509ops.load_key(fs.read(kpath), fs.display(kpath))
-        pair = fresh_pair(name, current[0], old_key, now=now, days=days, clock=clock, min_days=min_days,
-                          force_validity=force_validity, key_type=key_type)
-        return ctx.trust_both(Given(name, pair.old, pair.new, pair.old_key, pair.new_key), days)
-    g = given or Given(name, local.old, local.new, local.old_key, local.new_key)  # type: ignore[union-attr]
+        return ctx.trust_both(fresh_pair(name, current[0], old_key, now=now, days=days, clock=clock,
+                                         min_days=min_days, force_validity=force_validity, key_type=key_type), days)
+    g = given or local
+    assert g is not None
     st = status(fs, name, g.old, g.new, profile)
     if st.stage < 0:
         raise PKIError(f"{name}: {st.detail}; nothing was changed")
@@ -370,7 +356,7 @@ class _Stage:
         self.warnings: List[str] = []
 
     def put_ca(self, path: str, certs: Sequence[x509.Certificate]) -> None:
-        self.writes.append(Write(path, _bundle(certs), self.cmode, uid=self.cuid, gid=self.cgid))
+        self.writes.append(Write(path, x509ops.certs_pem(certs), self.cmode, uid=self.cuid, gid=self.cgid))
 
     def put_key(self, path: str, key: Optional[x509ops.PrivateKey]) -> None:
         if key is None:
@@ -424,7 +410,7 @@ class _Stage:
         if signer_key is None:
             raise PKIError(f"{self.name}: the key of the CA that must sign now is not known; nothing was changed")
         e = spec.entry(self.name)
-        bundle = _bundle([signer, other])
+        bundle = x509ops.certs_pem([signer, other])
         if self.keeps_key:
             # kept for the way back: the old pair while the new CA signs, the new pair after an abort
             keep_crt, keep_key = (self.sides[0], self.sides[1]) if stage == "abort" else (self.sides[2], self.sides[3])
@@ -440,15 +426,11 @@ class _Stage:
                 _signing(self.fs, self.layout, signer, self.items, self.writes)
         leaves = [n for n in self.profile.names if spec.entry(n).ca == self.name
                   and spec.entry(n).kind in (spec.Kind.LEAF, spec.Kind.KUBECONFIG)
-                  and self.fs.exists(_path_of(self.layout, spec.entry(n)))]
+                  and self.fs.exists(self.layout.cert(spec.entry(n)))]
         inner = R.plan(self.fs, leaves, now=self.now, days=365, clock=self.clock, min_days=self.min_days,
                        force_validity=self.force_validity, profile=self.profile,
                        rotate={self.name: (signer, signer_key, other, bundle)})
         return self.done(365, inner)
-
-
-def _path_of(layout: L.Layout, e: spec.Entry) -> str:
-    return layout.kubeconfig(e.path) if e.kind is spec.Kind.KUBECONFIG else layout.cert(e)
 
 
 def apply(fs: NodeFS, p: R.Plan, *, fault: Optional[Fault] = None) -> Backup:
@@ -459,7 +441,7 @@ def apply(fs: NodeFS, p: R.Plan, *, fault: Optional[Fault] = None) -> Backup:
     return Transaction(fs, now=p.now, action=ACTION, fault=fault).apply(p.writes, records)
 
 
-def node_status(fs: NodeFS, name: str, profile: Optional[spec.Profile] = None) -> Tuple[NodeStatus, Optional[Pair]]:
+def node_status(fs: NodeFS, name: str, profile: Optional[spec.Profile] = None) -> Tuple[NodeStatus, Optional[Given]]:
     """This node's stage of ``name``'s rotation, from the pair it keeps (a node with the CA key)."""
     facts = gather(fs)
     layout = L.Layout(facts.pki_dir)

@@ -342,6 +342,11 @@ def cert_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
+def certs_pem(certs: Sequence[x509.Certificate]) -> bytes:
+    """A PEM bundle (a chain, or the CAs of a trust file), in order."""
+    return b"".join(cert_pem(c) for c in certs)
+
+
 def _hash_for(key: PrivateKey) -> Optional[hashes.SHA256]:
     return None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
 

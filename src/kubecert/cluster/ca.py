@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from cryptography import x509
 
@@ -108,12 +108,18 @@ def cluster_ca_renew(hosts: Sequence[Any], connect: Connect, chosen: Sequence[Ve
 
 def publish_cluster_info(hosts: Sequence[Any], connect: Connect, chosen: Sequence[Version]) -> str:
     """kube-public/cluster-info with the cluster CA that was put on the nodes."""
-    from ..node.probes import ProbeError
-    from .api import connect_api
-
     ca = next((v.cert for v in chosen if v.name == "ca"), None)
     if ca is None:
         return "cluster-info: the cluster CA was not renewed; left alone"
+    return put_cluster_info(hosts, connect, ca)
+
+
+def put_cluster_info(hosts: Sequence[Any], connect: Connect,
+                     ca: Union[x509.Certificate, List[x509.Certificate]]) -> str:
+    """:func:`carenew.update_cluster_info` through the first control plane that answers, in words."""
+    from ..node.probes import ProbeError
+    from .api import connect_api
+
     try:
         api = connect_api(_cluster_nodes(hosts), connect)
         if api is None:

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from cryptography import x509
 
-from .. import carenew, rotate, spec, x509ops
+from .. import rotate, spec, x509ops
 from ..errors import KubecertError, PKIError
 from ..layout import Layout
 from ..node.restart import Timeouts, renew_restart
@@ -71,8 +71,7 @@ def discover(hosts: Sequence[Any], connect: Connect, name: str) -> Where:
         key_on.append(h.name)
         pair = rotate._load_pair(fs, Layout(), name)
         if pair is not None:
-            g = rotate.Given(name, pair.old, pair.new, pair.old_key, pair.new_key)
-            pairs[(x509ops.fingerprint(pair.old), x509ops.fingerprint(pair.new))] = g
+            pairs[(x509ops.fingerprint(pair.old), x509ops.fingerprint(pair.new))] = pair
         elif x509ops.key_matches_cert(certs[0], key):
             current_key = (certs[0], key)
     if len(pairs) > 1:
@@ -106,9 +105,8 @@ def start(hosts: Sequence[Any], connect: Connect, name: str, *, now: dt.datetime
     if name not in signers:
         raise KubecertError(f"{name}: no node keeps its key (an external CA?): it cannot be rotated here")
     old, old_key = signers[name]
-    pair = rotate.fresh_pair(name, old, old_key, now=now, days=days, clock=clock, min_days=min_days,
+    return rotate.fresh_pair(name, old, old_key, now=now, days=days, clock=clock, min_days=min_days,
                              force_validity=force_validity)
-    return rotate.Given(name, pair.old, pair.new, pair.old_key, pair.new_key)
 
 
 def cluster_ca_rotate(hosts: Sequence[Any], connect: Connect, given: rotate.Given, targets: Sequence[int], *,
@@ -145,14 +143,7 @@ def cluster_ca_rotate(hosts: Sequence[Any], connect: Connect, given: rotate.Give
 def publish(hosts: Sequence[Any], connect: Connect, given: rotate.Given, stage: int) -> str:
     """kube-public/cluster-info (what `kubeadm join` trusts) with the CAs of ``stage``: both at 1, the
     new one at 3, the old one at 0 (an abort)."""
-    from ..node.probes import ProbeError
-    from .api import connect_api
+    from .ca import put_cluster_info
 
-    keep = [given.old, given.new] if stage == 1 else [given.new] if stage == 3 else [given.old]
-    try:
-        api = connect_api(_cluster_nodes(hosts), connect)
-        if api is None:
-            return "cluster-info: no control plane with admin.conf answered; left alone"
-        return "cluster-info: " + carenew.update_cluster_info(api, keep)
-    except (KubecertError, ProbeError) as exc:
-        return f"cluster-info: not updated ({exc})"
+    return put_cluster_info(hosts, connect, [given.old, given.new] if stage == 1 else
+                            [given.new] if stage == 3 else [given.old])
