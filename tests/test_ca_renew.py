@@ -197,7 +197,10 @@ def test_a_renewal_that_would_not_outlive_the_current_ca_is_refused(node_copy: C
 
 
 def _lab(tmp_path: Path, *args: str) -> Path:
-    return lab_create(tmp_path, "--nodes", "1", *args) / "master-1"
+    """A lab master made a day ago: a CA made this very second and renewed at once for the same 3650
+    days would expire in the same second as before, which kubecert refuses (nothing to gain)."""
+    made = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return lab_create(tmp_path, "--nodes", "1", "--now", made, *args) / "master-1"
 
 
 def test_every_copy_on_a_lab_node_flags_bundles_and_an_operators_kubeconfig(tmp_path: Path) -> None:
@@ -224,8 +227,10 @@ def test_every_copy_on_a_lab_node_flags_bundles_and_an_operators_kubeconfig(tmp_
     assert [x509ops.fingerprint(c) for c in certs] == [
         x509ops.fingerprint(_load(kube / "pki/etcd/ca.crt")), x509ops.fingerprint(other)]
     assert "etcd-ca in etcd-trust-bundle.crt" in plain.stdout and "kube-apiserver" in plain.stdout, plain.stdout
+    # one more day: a second renewal within the same second would expire exactly when the first does,
+    # which kubecert refuses (a renewed CA must outlive the one it replaces)
     again = run_kubecert("ca", "renew", "ca", "--root", str(root), "--yes", "--no-cluster-info",
-                         "--update-user-kubeconfigs")
+                         "--update-user-kubeconfigs", "--days", "3651")
     assert again.returncode == 0, again.stdout + again.stderr
     assert _ca_data(root, "../../root/.kube/config") == (kube / "pki/ca.crt").read_bytes()
     assert (user.stat().st_mode & 0o777) == 0o600

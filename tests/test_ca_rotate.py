@@ -9,6 +9,7 @@ CA; --abort goes back; a crash at any step leaves the node all-old or all-new.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import os
 import subprocess
 from pathlib import Path
@@ -218,9 +219,13 @@ def test_a_crash_at_every_step_of_the_reissue_stage_is_all_old_or_all_new(tmp_pa
     template = _lab(tmp_path)
     _ok(_rotate(template, "ca"))  # stage 1 done: the crash is in stage 2, the biggest transaction
     original = node_state(template)
+    # one instant for the learning run and every crashed run: the kubelet's new pem is named by the
+    # second (kubelet-client-<now>.pem), and a run in the second of the template's own pem would
+    # overwrite it, one step more than the others: crash points must mean the same step in every run
+    at = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
     learn = copy_tree(template, tmp_path / "learn")
     log = tmp_path / "learn.steps"
-    done = run_kubecert("ca", "rotate", "ca", "--root", str(learn), "--yes",
+    done = run_kubecert("ca", "rotate", "ca", "--root", str(learn), "--yes", "--now", at,
                         env=clean_env(KUBECERT_TEST_STEP_LOG=str(log)))
     assert done.returncode == 0, done.stderr
     rotated = node_state(learn)
@@ -229,7 +234,7 @@ def test_a_crash_at_every_step_of_the_reissue_stage_is_all_old_or_all_new(tmp_pa
     outcomes = []
     for k in range(1, steps + 1, max(1, steps // 12)):
         root = copy_tree(template, tmp_path / f"crash-{k}")
-        crashed = run_kubecert("ca", "rotate", "ca", "--root", str(root), "--yes",
+        crashed = run_kubecert("ca", "rotate", "ca", "--root", str(root), "--yes", "--now", at,
                                env=clean_env(KUBECERT_TEST_CRASH_AT=str(k)))
         assert crashed.returncode == 137, (k, crashed.stderr)
         rec = run_kubecert("recover", "--root", str(root))
