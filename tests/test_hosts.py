@@ -905,9 +905,33 @@ def test_ansible_yaml_errors(tmp_path: Path, text: str, expected: str) -> None:
 
 
 def test_unreadable(tmp_path: Path) -> None:
-    if os.geteuid() == 0:
-        pytest.skip("root reads anything")
-    path = write(tmp_path, "hosts", "[masters]\nm\n")
+    """Root reads a mode-0 file anyway (CAP_DAC_OVERRIDE): as root, the read is tried in a forked child
+    that became nobody, in a directory it may enter, so the file's own mode is what refuses it."""
+    where = tmp_path / "open"
+    where.mkdir()
+    path = write(where, "hosts", "[masters]\nm\n")
     os.chmod(path, 0)
-    with pytest.raises(ConfigError, match="cannot read the inventory"):
-        load_inventory(path)
+    if os.geteuid() != 0:
+        with pytest.raises(ConfigError, match="cannot read the inventory"):
+            load_inventory(path)
+        return
+    for d in (where, *where.parents):  # traversable (not listable) up to the file, as for any user
+        if d == Path("/"):
+            break
+        os.chmod(d, os.stat(d).st_mode | 0o111)
+    pid = os.fork()
+    if pid == 0:  # the child: only a read, then _exit (no pytest machinery runs here)
+        code = 1
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            load_inventory(path)
+        except ConfigError as exc:
+            code = 0 if "cannot read the inventory" in str(exc) else 2
+        except BaseException:  # noqa: BLE001 (any other outcome is the failure the parent reports)
+            code = 3
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "as nobody: expected 'cannot read the inventory' " \
+        f"(child exit {os.waitstatus_to_exitcode(status)}: 1 read it, 2 another error, 3 an exception)"
