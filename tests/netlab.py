@@ -640,7 +640,7 @@ def _prepare_tree(lab: Path) -> None:
 @contextlib.contextmanager
 def netlab(tmp_path: Path, *, expires_in: str = "10m", expired: bool = False, workers: int = 0,
            ready_timeout: float = 90.0, lab_now: Optional[dt.datetime] = None,
-           etcd_units: bool = False) -> Iterator[NetLab]:
+           etcd_units: bool = False, running: bool = True) -> Iterator[NetLab]:
     """Build and run the namespaced lab under ``tmp_path``; tear everything down on exit.
 
     ``workers``: that many worker hosts too (kc-w<i>), each running tests/fakenode/node_agent.py as
@@ -650,7 +650,9 @@ def netlab(tmp_path: Path, *, expires_in: str = "10m", expired: bool = False, wo
     but, as a cluster whose certificates expired, never becomes ready; it returns once every
     component was started. ``lab_now``: the lab's ``--now`` (when the cluster was "initialised";
     ``expires_in`` counts from it). ``etcd_units``: the seed's topology — etcd runs as each master's
-    systemd unit ``etcd`` (no etcd static pod) and ``etcd/ca.key`` is kept on master-1 only."""
+    systemd unit ``etcd`` (no etcd static pod) and ``etcd/ca.key`` is kept on master-1 only.
+    ``running=False``: hosts, network and sshd only, nothing of the cluster started (for what reads
+    and writes the nodes' files over SSH and never restarts or asks a component)."""
     kube_bin = kubebin.require()
     t0 = time.monotonic()
     timings: Dict[str, float] = {}
@@ -763,6 +765,10 @@ def netlab(tmp_path: Path, *, expires_in: str = "10m", expired: bool = False, wo
                       for h in hosts.values()]}, sort_keys=False))
 
         t1 = time.monotonic()
+        if not running:
+            timings["total setup"] = time.monotonic() - t0
+            yield NetLab(tmp_path, lab, op, hosts, client_key, known_hosts, inventory, timings)
+            return
         for h in hosts.values():
             stack.callback(h.node.stop)
             _start_units(h)

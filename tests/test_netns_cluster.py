@@ -55,6 +55,15 @@ def net_long(namespaces_permitted: None, tmp_path: Path) -> Iterator[NetLab]:
         yield lab
 
 
+@pytest.fixture
+def net_files(namespaces_permitted: None, tmp_path: Path) -> Iterator[NetLab]:
+    """The lab's hosts, network and sshd with nothing of the cluster running: for the tests that only
+    read the nodes' files over SSH (or are refused before they change anything)."""
+    with netlab(tmp_path, workers=len(WORKERS), running=False) as lab:
+        print(f"\nsetup: {', '.join(f'{k} {v:.1f}s' for k, v in lab.timings.items())}")
+        yield lab
+
+
 def cluster(net: NetLab, command: str, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
     return net.kubecert("cluster", command, "-i", str(net.inventory), "--known-hosts", str(net.known_hosts), *args,
                         timeout=timeout)
@@ -233,7 +242,8 @@ def test_stops_at_a_node_whose_etcd_never_comes_back_and_resumes(net: NetLab) ->
 # ------------------------------------------------------------------------------------------------ host keys
 
 
-def test_a_changed_host_key_is_refused(net: NetLab) -> None:
+def test_a_changed_host_key_is_refused(net_files: NetLab) -> None:
+    net = net_files
     known_hosts = net.known_hosts.read_bytes()
     trees = {n: tree_state(net[n].root) for n in NAMES}
     new_key = net["master-2"].sshd.restart_with_new_host_key(net.op)
@@ -264,7 +274,8 @@ def test_a_changed_host_key_is_refused(net: NetLab) -> None:
 # ------------------------------------------------------------------------------------------------ cross-node audit
 
 
-def test_cross_node_audit_catches_a_node_with_another_ca(net: NetLab) -> None:
+def test_cross_node_audit_catches_a_node_with_another_ca(net_files: NetLab) -> None:
+    net = net_files
     other = net.dir / "other-lab"
     made = subprocess.run([sys.executable, "-m", "kubecert", "lab", "create", str(other), "--nodes", "1",
                            "--key-type", "ecdsa"], capture_output=True, text=True, timeout=60, check=False)
