@@ -124,3 +124,27 @@ def tree_digest(root: Path) -> Dict[str, str]:
 def assert_no_traceback(*streams: str) -> None:
     for s in streams:
         assert "Traceback (most recent call last)" not in s, s
+
+
+# --------------------------------------------------------------------------------------------- parallel runs
+# scripts/test.sh runs the suite on two xdist workers (`-n 2 --dist loadgroup`). Most of the suite
+# waits (on components starting, on gates, on timeouts it provokes) rather than computes, so two
+# workers halve its wall time on two cores. Each test file runs whole on one worker, so its
+# module-scoped fixtures (a running node, a lab) are set up once. The files that run a whole
+# network-namespace cluster under load and count failed requests share one group: at most one such
+# cluster runs at a time. The longest units start first (FIRST, measured with --durations), so that
+# neither worker is left with a long file at the end while the other idles.
+SERIAL_GROUPS = {"test_netns_cluster.py": "netns-cluster", "test_netns_recover.py": "netns-cluster"}
+FIRST = ("test_netns_cluster.py", "test_netns_recover.py", "test_real_control_plane.py", "test_restart.py",
+         "test_ca_rotate_real.py", "test_fakenode.py", "test_renew_real.py", "test_ca_renew_real.py")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
+    if not getattr(config.option, "loadgroup", False):  # set on xdist's workers by --dist loadgroup
+        return
+    for item in items:
+        name = item.path.name
+        item.add_marker(pytest.mark.xdist_group(SERIAL_GROUPS.get(name, name)))
+    rank = {name: i for i, name in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(FIRST)))  # stable: file order kept otherwise
