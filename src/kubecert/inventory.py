@@ -437,12 +437,15 @@ class _Scan:
         self._check_mode(e.name, key_path, "service-account signing key")
         try:
             key = x509ops.load_key(self._read(key_path), self.fs.display(key_path))
-            pub = x509ops.load_public_key(self._read(pub_path), self.fs.display(pub_path))
+            # several keys during a rotation (kubecert ca rotate sa): the apiserver trusts each
+            pubs = x509ops.load_public_keys(self._read(pub_path), self.fs.display(pub_path))
         except KubecertError as exc:
             self.find(ERROR, "unreadable", e.name, key_path, str(exc),
                       "copy sa.key and sa.pub from another control-plane node")
             return Item(e, False, pub_path, key_path, error=str(exc))
-        if not x509ops.key_pair_matches(key, pub):
+        pub = next((p for p in pubs if x509ops.key_pair_matches(key, p)), None)
+        if pub is None:
+            pub = pubs[0]
             self.find(ERROR, "key-mismatch", e.name, key_path, "sa.key does not match sa.pub",
                       "copy both sa.key and sa.pub from another control-plane node")
         return Item(e, False, pub_path, key_path, fingerprint=x509ops.spki_sha256(pub),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import ipaddress
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple, TypeVar, Union
@@ -128,6 +129,18 @@ def load_key(data: bytes, source: str, *, validate: bool = False) -> PrivateKey:
     if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)):
         raise PKIError(f"{source}: unsupported private key type {type(key).__name__}")
     return key
+
+
+_PUBLIC_BLOCK = re.compile(rb"-----BEGIN PUBLIC KEY-----\r?\n.+?-----END PUBLIC KEY-----", re.S)
+
+
+def load_public_keys(data: bytes, source: str) -> List[PublicKey]:
+    """Every PEM public key in ``data``: a service-account key file may hold several (the apiserver
+    verifies tokens with each; kubecert ca rotate sa puts two there)."""
+    blocks = _PUBLIC_BLOCK.findall(data)
+    if not blocks:
+        raise PKIError(f"{source}: no PEM public key in file (corrupt or empty?)")
+    return [load_public_key(b, source) for b in blocks]
 
 
 def load_public_key(data: bytes, source: str) -> PublicKey:

@@ -182,11 +182,14 @@ def print_plan(p: Any, console: Any) -> None:
         if i.action == "skip":
             lines.append(f"{i.name}\tskip\t\t\t\t{i.reason}")
             continue
-        note = "; ".join(i.differences) if i.differences else "subject, SANs, usages unchanged"
+        notes = [i.reason] if i.reason else []
+        if i.differences:
+            notes += i.differences
+        elif i.new_serial is not None:  # a certificate issued (not a trust file or a key)
+            notes.append("subject, SANs, usages unchanged")
         if i.capped:
-            note += "; NotAfter capped at the CA's"
-        if i.reason:
-            note = f"{i.reason}; {note}"
+            notes.append("NotAfter capped at the CA's")
+        note = "; ".join(notes)
         lines.append(f"{i.name}\trenew\t{fmt_serial(i.old_serial)} -> {fmt_serial(i.new_serial)}\t"
                      f"{fmt_time(i.old_not_after)} -> {fmt_time(i.new_not_after)}\t{i.key}\t{note}")
     validity = f", NotAfter = now + {p.days}d" if p.days else ""
