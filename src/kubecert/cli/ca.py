@@ -143,20 +143,24 @@ def _cluster_info(fs: Any, p: Any, console: Any) -> None:
 
 
 @ca.command("rotate")
-@click.argument("name", type=click.Choice(spec.CA_NAMES))
+@click.argument("name", type=click.Choice([*spec.CA_NAMES, "sa"]))
 @root_option
 @click.option("--status", "show_status", is_flag=True, help="Show the stage this node is at; change nothing.")
 @click.option("--abort", is_flag=True, help="Go back one stage (2 -> 1 re-issues with the old CA; 1 -> 0 drops "
                                             "the new CA).")
 @click.option("--days", default=3650, show_default=True, type=click.IntRange(1, 36500),
               help="Validity of the new CA certificate (stage 1).")
+@click.option("--sa-grace", "sa_grace_text", default="65m", show_default=True, metavar="DURATION",
+              help="sa only: how long a retired key stays trusted after it signed its last token (the longest "
+                   "token a kubelet keeps unrefreshed, 1h, plus clock skew); stage 3 waits for it.")
 @apply_options("Then restart what loads the changed files, in order, each gated on health; roll back on failure.")
 @runtime_options
 @with_validity
 @now_option
 @profile_option
 @handle_errors
-def rotate(name: str, root: str, show_status: bool, abort: bool, days: int, dry_run: bool, yes: bool,
+def rotate(name: str, root: str, show_status: bool, abort: bool, days: int, sa_grace_text: str, dry_run: bool,
+           yes: bool,
            restart: bool, no_rollback: bool, cri: Optional[str], strategy: str, service_manager: Optional[str],
            restart_commands: tuple[str, ...], gate_timeouts: tuple[str, ...], restart_timeout: float,
            min_days: float, force_validity: bool, now_text: Optional[str], profile_text: Optional[str]) -> None:
@@ -168,17 +172,23 @@ def rotate(name: str, root: str, show_status: bool, abort: bool, days: int, dry_
     old CA removed from every bundle, refused while anything on the node still chains to it. Each
     stage is one transaction (kubecert rollback); --abort goes back one stage. On a cluster of more
     than one node, every node must reach a stage before any node starts the next.
+
+    NAME sa rotates the service-account key pair the same way: stage 1 puts the new public key beside
+    the old in sa.pub, stage 2 signs with the new key (sa.key), stage 3 drops the old public key once
+    --sa-grace has passed since the old key signed its last token, so no token in use stops working.
     """
     now = parse_now(now_text)
     from .. import rotate as RT
+    from .. import sarotate as SR
     from ..store import LocalFS
     from .renew import _renew_restart, confirmer
 
     fs = LocalFS(root)
     profile = spec.parse_profile(profile_text) if profile_text else None
-    st, _ = RT.node_status(fs, name, profile)
+    engine: Any = SR if name == "sa" else RT
+    st = SR.node_status(fs, profile) if name == "sa" else RT.node_status(fs, name, profile)[0]
     if show_status:
-        stage = RT.STAGES[st.stage] if 0 <= st.stage < len(RT.STAGES) else "inconsistent"
+        stage = engine.STAGES[st.stage] if 0 <= st.stage < len(engine.STAGES) else "inconsistent"
         click.echo(f"{name}: stage {st.stage} ({stage}): {st.detail}")
         for n in st.on_old:
             click.echo(f"  signed by the old CA: {n}")
@@ -187,25 +197,25 @@ def rotate(name: str, root: str, show_status: bool, abort: bool, days: int, dry_
         return
     console: Any = console_for() if restart else Plain()
     kwargs: dict[str, Any] = dict(abort=abort, days=days, profile=profile, clock=real_now(), min_days=min_days,
-                                  force_validity=force_validity)
+                                  force_validity=force_validity, grace=parse_duration(sa_grace_text))
     if dry_run:
-        print_dry_run(RT.plan(fs, [name], now=now, **kwargs), console)
+        print_dry_run(engine.plan(fs, [name], now=now, **kwargs), console)
         return
     if restart:
         if not yes:
             fail("--restart changes a running node: pass --yes (review the plan first with --dry-run)")
         _renew_restart(fs, [name], now, kwargs, console, not no_rollback,
                        runtime_setup(cri, strategy, service_manager, restart_commands, gate_timeouts,
-                                     restart_timeout), engine=RT)
+                                     restart_timeout), engine=engine)
     else:
         from ..renew import renew as renew_workflow
 
         result = renew_workflow(fs, [name], now=now, fault=fault_from_env(), confirm=confirmer(console, yes),
-                                planner=RT.plan, applier=RT.apply, **kwargs)
+                                planner=engine.plan, applier=engine.apply, **kwargs)
         if result.backup is None:
             console.print("nothing to write")
             return
         print_applied(console, result.plan, result.backup, fs, root, "rotation: wrote")
-    after, _ = RT.node_status(fs, name, profile)
-    console.print(f"{name}: now at stage {after.stage} ({RT.STAGES[after.stage] if after.stage >= 0 else '?'}): "
+    after = SR.node_status(fs, profile) if name == "sa" else RT.node_status(fs, name, profile)[0]
+    console.print(f"{name}: now at stage {after.stage} ({engine.STAGES[after.stage] if after.stage >= 0 else '?'}): "
                   f"{after.detail}")

@@ -1,0 +1,233 @@
+"""Service-account key rotation (``kubecert ca rotate sa``), one node, one stage per run: the
+kubernetes.io "Manual Rotation of CA Certificates" steps for the service-account key pair, as three
+transactions planned in memory like renew and applied through renew's transaction and restart path.
+
+The apiserver verifies tokens with every public key in ``--service-account-key-file`` (``sa.pub``,
+which may hold several) and signs new ones with ``--service-account-signing-key-file`` (``sa.key``);
+the controller-manager signs with ``--service-account-private-key-file`` (``sa.key`` too). So:
+
+1. **trust both**: a new key pair; ``sa.pub`` = old + new public keys, the new private key kept beside
+   the old as ``pki/sa-new.key`` (0600). Nothing signs with the new key yet (apiserver restarted).
+2. **sign with the new key**: ``sa.key`` = the new key, the old kept as ``pki/sa-old.key`` for an abort;
+   ``pki/sa-old.retired`` records when the old key signed its last token (apiserver and
+   controller-manager restarted). Tokens either key signed still verify.
+3. **drop old**: only once ``--sa-grace`` has passed since the old key was retired (every token it
+   signed that a kubelet refreshes has been replaced by then: kubelets refresh projected tokens well
+   within their hour): ``sa.pub`` = the new key alone.
+
+The stage is read from the node's files (which keys ``sa.pub`` holds, which one ``sa.key`` is, the
+side files). ``--abort`` goes back one stage: 2 -> 1 signs with the old key again (and records when
+the new key was retired, since tokens it signed exist now), 1 -> 0 drops the new key, after the grace
+when it ever signed. Token Secrets of the legacy kind (signed once by the controller-manager, never
+refreshed) die with the key that signed them: delete them after stage 2 so the controller-manager
+issues new ones; a warning says so at stage 3.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import posixpath
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+from . import layout as L
+from . import renew as R
+from . import spec, x509ops
+from .errors import KubecertError, PKIError
+from .facts import detect_profile, gather
+from .rotate import NodeStatus
+from .store import NodeFS, mode_owner
+from .store.txn import Backup, Fault, Transaction, Write
+
+NAME = "sa"
+ACTION = "sa-rotate"
+STAGES = ("not rotating", "trust both", "signing with the new key", "old key dropped")
+# the longest-lived token a kubelet keeps without refreshing it is an hour's (projected tokens are
+# refreshed at 80% of their life, and no later than 24 h for longer ones): an hour, plus clock skew
+DEFAULT_GRACE = dt.timedelta(hours=1, minutes=5)
+
+
+def side_files(layout: L.Layout) -> Tuple[str, str, str, str]:
+    """(new key, old key, when the new key was retired, when the old key was retired)."""
+    base = posixpath.join(layout.pki_dir, spec.entry(NAME).path)
+    return f"{base}-new.key", f"{base}-old.key", f"{base}-new.retired", f"{base}-old.retired"
+
+
+def _pem(keys: List[x509ops.PublicKey]) -> bytes:
+    return b"".join(x509ops.public_key_pem(k) for k in keys)
+
+
+def _fp(key: object) -> str:
+    return x509ops.spki_sha256(key)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Keys:
+    """What the node holds: the signing key, the public keys trusted, the side files."""
+
+    signing: x509ops.PrivateKey
+    trusted: Tuple[x509ops.PublicKey, ...]
+    new: Optional[x509ops.PrivateKey]  # sa-new.key (stage 1)
+    old: Optional[x509ops.PrivateKey]  # sa-old.key (stage 2)
+    new_retired: Optional[dt.datetime]
+    old_retired: Optional[dt.datetime]
+
+
+def _when(fs: NodeFS, path: str) -> Optional[dt.datetime]:
+    if not fs.exists(path):
+        return None
+    text = fs.read(path, limit=200).decode("ascii", "replace").strip()
+    try:
+        return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
+    except ValueError:
+        raise PKIError(f"{fs.display(path)}: not a time like 2026-01-31T12:00:00Z ({text[:40]!r}); "
+                       "restore a backup (kubecert backups list)") from None
+
+
+def _stamp(when: dt.datetime) -> bytes:
+    return when.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ\n").encode()
+
+
+def read_keys(fs: NodeFS, layout: L.Layout) -> Keys:
+    e = spec.entry(NAME)
+    pub, key = layout.cert(e), layout.key(e)
+    for p in (pub, key):
+        if not fs.exists(p):
+            raise KubecertError(f"{fs.display(p)}: not on this node: rotate the service-account key on a control "
+                                "plane (it keeps sa.key and sa.pub)")
+    new_p, old_p, new_r, old_r = side_files(layout)
+    return Keys(x509ops.load_key(fs.read(key), fs.display(key)),
+                tuple(x509ops.load_public_keys(fs.read(pub), fs.display(pub))),
+                x509ops.load_key(fs.read(new_p), fs.display(new_p)) if fs.exists(new_p) else None,
+                x509ops.load_key(fs.read(old_p), fs.display(old_p)) if fs.exists(old_p) else None,
+                _when(fs, new_r), _when(fs, old_r))
+
+
+def stage_of(k: Keys) -> Tuple[int, str]:
+    """(stage, what the node holds); -1 for a state kubecert does not leave."""
+    trusted = [_fp(p) for p in k.trusted]
+    signing = _fp(k.signing)
+    if k.new is not None and k.old is not None:
+        return -1, "sa-new.key and sa-old.key both exist"
+    if k.new is None and k.old is None:
+        if trusted == [signing]:
+            return 0, "not rotating: one key, sa.pub matches sa.key"
+        return -1, f"sa.pub holds {len(trusted)} key(s) that are not just sa.key's, and no rotation is in progress"
+    if k.new is not None:
+        if trusted == [signing, _fp(k.new)]:
+            return 1, "trusts both keys; sa.key (the old key) signs"
+        return -1, "sa-new.key exists, but sa.pub is not sa.key's public key followed by sa-new.key's"
+    assert k.old is not None
+    if trusted == [_fp(k.old), signing]:
+        return 2, "trusts both keys; sa.key (the new key) signs"
+    return -1, "sa-old.key exists, but sa.pub is not sa-old.key's public key followed by sa.key's"
+
+
+def node_status(fs: NodeFS, profile: Optional[spec.Profile] = None) -> NodeStatus:
+    k = read_keys(fs, L.Layout(gather(fs).pki_dir))
+    stage, detail = stage_of(k)
+    retired = k.old_retired if stage == 2 else k.new_retired if stage == 1 else None
+    if retired is not None:
+        detail += f"; the {'old' if stage == 2 else 'new'} key retired {retired:%Y-%m-%d %H:%M:%S} UTC"
+    return NodeStatus(NAME, stage, detail)
+
+
+def _grace_passed(retired: Optional[dt.datetime], now: dt.datetime, grace: dt.timedelta, which: str) -> None:
+    if retired is None or now >= retired + grace:
+        return
+    raise KubecertError(f"sa: the {which} key signed tokens until {retired:%Y-%m-%d %H:%M:%S} UTC, and they may be in "
+                        f"use until {retired + grace:%Y-%m-%d %H:%M:%S} UTC (--sa-grace {_span(grace)}); "
+                        "run again then; nothing was changed")
+
+
+def _span(d: dt.timedelta) -> str:
+    minutes = int(d.total_seconds() // 60)
+    return f"{minutes}m" if minutes % 60 else f"{minutes // 60}h"
+
+
+def plan(fs: NodeFS, names: object = (NAME,), *, now: dt.datetime, abort: bool = False,
+         grace: dt.timedelta = DEFAULT_GRACE, key_type: Optional[str] = None,
+         profile: Optional[spec.Profile] = None, **_ignored: object) -> R.Plan:
+    """The next stage of the service-account key's rotation on this node (``abort``: the previous
+    one), in memory. Raises when the node is not in a state the stage can start from."""
+    facts = gather(fs)
+    profile = profile or detect_profile(fs, facts)
+    layout = L.Layout(facts.pki_dir)
+    e = spec.entry(NAME)
+    pub, keyp = layout.cert(e), layout.key(e)
+    new_p, old_p, new_r, old_r = side_files(layout)
+    k = read_keys(fs, layout)
+    stage, detail = stage_of(k)
+    if stage < 0:
+        raise PKIError(f"sa: {detail}; not a state kubecert leaves: restore a backup (kubecert backups list); "
+                       "nothing was changed")
+    if abort and stage == 0:
+        raise KubecertError("sa: no rotation in progress on this node: nothing to abort")
+    pmode, puid, pgid = mode_owner(fs, pub, 0o600)
+    _, kuid, kgid = mode_owner(fs, keyp, 0o600)
+    writes: List[Write] = []
+    items: List[R.PlanItem] = []
+    warnings: List[str] = []
+
+    def put_pub(keys: List[x509ops.PublicKey]) -> None:
+        writes.append(Write(pub, _pem(keys), pmode, uid=puid, gid=pgid))
+
+    def put_key(path: str, key: x509ops.PrivateKey) -> None:
+        writes.append(Write(path, x509ops.key_pem(key), 0o600, uid=kuid, gid=kgid))
+
+    def put_time(path: str) -> None:
+        writes.append(Write(path, _stamp(now), 0o600, uid=kuid, gid=kgid))
+
+    def delete(*paths: str) -> None:
+        writes.extend(Write(p, delete=True) for p in paths if fs.exists(p))
+
+    def item(reason: str, key: object, components: Tuple[str, ...]) -> None:
+        items.append(R.PlanItem(NAME, "renew", reason, path=fs.display(pub), new_fingerprint=_fp(key),
+                                key=x509ops.key_description(key), components=components))  # type: ignore[arg-type]
+
+    def switch(signer: x509ops.PrivateKey, kept: x509ops.PrivateKey, kept_path: str, retired_path: str,
+               stale: Tuple[str, ...], reason: str) -> None:
+        """sa.key becomes ``signer``; the key that stops signing is kept (for the way back) with the
+        moment it signed its last token."""
+        put_key(keyp, signer)
+        put_key(kept_path, kept)
+        put_time(retired_path)
+        delete(*stale)
+        item(reason, signer, (spec.APISERVER, spec.CONTROLLER_MANAGER))
+
+    def drop(keep: x509ops.PrivateKey, retired: Optional[dt.datetime], which: str, sides: Tuple[str, ...],
+             reason: str) -> None:
+        """sa.pub holds ``keep`` alone, once the grace for the ``which`` key has passed."""
+        _grace_passed(retired, now, grace, which)
+        put_pub([keep.public_key()])
+        delete(*sides)
+        item(reason, keep, (spec.APISERVER,))
+
+    if not abort and stage == 0:
+        new = x509ops.generate_key(key_type or x509ops.key_description(k.signing))
+        put_pub([k.signing.public_key(), new.public_key()])
+        put_key(new_p, new)
+        item("stage 1: a new key, trusted beside the old (sa.pub holds both)", new, (spec.APISERVER,))
+    elif not abort and stage == 1:
+        assert k.new is not None
+        switch(k.new, k.signing, old_p, old_r, (new_p, new_r),
+               "stage 2: sa.key switched to the new key (the old kept as sa-old.key)")
+    elif not abort and stage == 2:
+        drop(k.signing, k.old_retired, "old", (old_p, old_r), "stage 3: the old key dropped from sa.pub")
+        warnings.append("sa: token Secrets of the legacy kind signed by the old key stop working now: delete them "
+                        "(kubectl get secrets -A --field-selector type=kubernetes.io/service-account-token) so "
+                        "the controller-manager issues new ones")
+    elif abort and stage == 2:
+        assert k.old is not None
+        switch(k.old, k.signing, new_p, new_r, (old_p, old_r),
+               "abort: sa.key is the old key again (the new kept as sa-new.key)")
+    else:  # abort 1 -> 0
+        drop(k.signing, k.new_retired, "new", (new_p, new_r), "abort: the new key dropped from sa.pub")
+    return R.Plan(fs.root, now, 0, profile, tuple(items), tuple(writes), tuple(warnings))
+
+
+def apply(fs: NodeFS, p: R.Plan, *, fault: Optional[Fault] = None) -> Backup:
+    """Put a stage's files in place (all or nothing) and append to the audit log. Hold the lock."""
+    records = [{"action": ACTION, "name": i.name, "file": i.path, "note": i.reason,
+                "sha256PublicKey": i.new_fingerprint} for i in p.renewed]
+    return Transaction(fs, now=p.now, action=ACTION, fault=fault).apply(p.writes, records)
