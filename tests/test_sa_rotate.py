@@ -176,6 +176,19 @@ def test_a_crash_at_every_step_of_stage_2_is_all_old_or_all_new(tmp_path: Path) 
     assert "old" in outcomes and "new" in outcomes and monotonic(outcomes, "old", "new"), outcomes
 
 
+def test_an_sa_pub_in_pkcs1_form_is_read_and_rotated(tmp_path: Path) -> None:
+    """sa.pub as "RSA PUBLIC KEY" (PKCS#1; the apiserver reads it as well as kubeadm's PKIX form)."""
+    root = lab_create(tmp_path, "--nodes", "1", "--key-type", "rsa") / "master-1"
+    key = serialization.load_pem_private_key((root / PKI / "sa.key").read_bytes(), None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    (root / PKI / "sa.pub").write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                                      serialization.PublicFormat.PKCS1))
+    _check_clean(root)
+    _ok(run_kubecert("ca", "rotate", "sa", "--root", str(root), "--yes"))
+    assert _pubs(root) == [_spki(root, "sa.key"), _spki(root, "sa-new.key")]
+    _check_clean(root)
+
+
 # ------------------------------------------------------------------------------------------- real apiserver
 
 

@@ -131,13 +131,14 @@ def load_key(data: bytes, source: str, *, validate: bool = False) -> PrivateKey:
     return key
 
 
-_PUBLIC_BLOCK = re.compile(rb"-----BEGIN PUBLIC KEY-----\r?\n.+?-----END PUBLIC KEY-----", re.S)
+# PKIX ("PUBLIC KEY", what kubeadm writes) or PKCS#1 ("RSA PUBLIC KEY"): the apiserver reads both
+_PUBLIC_BLOCK = re.compile(rb"-----BEGIN ((?:RSA )?)PUBLIC KEY-----\r?\n.+?-----END \1PUBLIC KEY-----", re.S)
 
 
 def load_public_keys(data: bytes, source: str) -> List[PublicKey]:
     """Every PEM public key in ``data``: a service-account key file may hold several (the apiserver
     verifies tokens with each; kubecert ca rotate sa puts two there)."""
-    blocks = _PUBLIC_BLOCK.findall(data)
+    blocks = [m.group(0) for m in _PUBLIC_BLOCK.finditer(data)]
     if not blocks:
         raise PKIError(f"{source}: no PEM public key in file (corrupt or empty?)")
     return [load_public_key(b, source) for b in blocks]
