@@ -101,7 +101,7 @@ def test_three_stages_and_the_grace_on_a_lab_node(tmp_path: Path) -> None:
     assert node_state(root) == state
 
     out = _ok(run_kubecert("ca", "rotate", "sa", "--root", str(root), "--yes", "--now", _at(dt.timedelta(minutes=66))))
-    assert "legacy kind" in out and "now at stage 0" in out, out  # one key again
+    assert "legacy token Secrets" in out and "now at stage 0" in out, out  # one key again
     assert _pubs(root) == [new] and _spki(root, "sa.key") == new
     assert not list((root / PKI).glob("sa-*")), list((root / PKI).glob("sa-*"))
     _check_clean(root)
@@ -132,6 +132,50 @@ def test_abort_goes_back_and_respects_tokens_the_new_key_signed(tmp_path: Path) 
                       "no rotation in progress")
 
 
+def test_a_rollback_of_stage_2_keeps_the_grace_for_the_key_that_signed(tmp_path: Path) -> None:
+    """Rolled back after stage 2, the node is at stage 1 again with sa.key the old key, but the new key
+    signed tokens meanwhile: dropping it (abort to 0) waits for the grace, counted from the rollback."""
+    root = lab_create(tmp_path, "--nodes", "1") / "master-1"
+    _ok(run_kubecert("ca", "rotate", "sa", "--root", str(root), "--yes"))
+    _ok(run_kubecert("ca", "rotate", "sa", "--root", str(root), "--yes"))
+    _ok(run_kubecert("rollback", "--root", str(root), "--yes"))
+    assert "stage 1" in _ok(run_kubecert("ca", "rotate", "sa", "--root", str(root), "--status"))
+    state = node_state(root)
+    _one_line_refusal(run_kubecert("ca", "rotate", "sa", "--root", str(root), "--yes", "--abort"),
+                      "the new key signed tokens until")
+    assert node_state(root) == state
+    _ok(run_kubecert("ca", "rotate", "sa", "--root", str(root), "--yes", "--abort", "--now",
+                     _at(dt.timedelta(minutes=66))))
+
+
+def test_every_control_plane_gets_the_key_the_first_one_made(tmp_path: Path) -> None:
+    """HA: the first control plane makes the new key and says how the others get it; --new-key takes
+    it (from a private file only), and every control plane then trusts and signs with the same keys."""
+    lab = lab_create(tmp_path, "--nodes", "3")
+    m1, m2 = lab / "master-1", lab / "master-2"
+    out = _ok(run_kubecert("ca", "rotate", "sa", "--root", str(m1), "--yes"))
+    assert "--new-key" in out and "never let two control planes make their own" in out, out
+    private = tmp_path / "carry"
+    private.mkdir(mode=0o700)
+    carried = private / "sa-new.key"
+    carried.write_bytes((m1 / PKI / "sa-new.key").read_bytes())
+    carried.chmod(0o644)  # readable by others: refused, nothing changed
+    state = node_state(m2)
+    _one_line_refusal(run_kubecert("ca", "rotate", "sa", "--root", str(m2), "--yes", "--new-key", str(carried)),
+                      "readable by others")
+    assert node_state(m2) == state
+    carried.chmod(0o600)
+    out = _ok(run_kubecert("ca", "rotate", "sa", "--root", str(m2), "--yes", "--new-key", str(carried)))
+    assert "never let two" not in out, out
+    assert (m2 / PKI / "sa.pub").read_bytes() == (m1 / PKI / "sa.pub").read_bytes()
+    assert _spki(m2, "sa-new.key") == _spki(m1, "sa-new.key")
+    # once started, --new-key has no place: one line, nothing changed
+    state = node_state(m2)
+    _one_line_refusal(run_kubecert("ca", "rotate", "sa", "--root", str(m2), "--yes", "--new-key", str(carried)),
+                      "--new-key starts a rotation")
+    assert node_state(m2) == state
+
+
 def test_a_state_kubecert_does_not_leave_is_refused(tmp_path: Path) -> None:
     root = lab_create(tmp_path, "--nodes", "1") / "master-1"
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -142,6 +186,12 @@ def test_a_state_kubecert_does_not_leave_is_refused(tmp_path: Path) -> None:
     assert node_state(root) == state
     # `check` still sees a pair: sa.key matches one of sa.pub's keys
     _check_clean(root)
+    # a certificate in sa.pub (the apiserver may take a key from it): rotating would drop it, refused
+    lab2 = lab_create(tmp_path / "2", "--nodes", "1") / "master-1"
+    (lab2 / PKI / "sa.pub").write_bytes((lab2 / PKI / "sa.pub").read_bytes() + (lab2 / PKI / "ca.crt").read_bytes())
+    state = node_state(lab2)
+    _one_line_refusal(run_kubecert("ca", "rotate", "sa", "--root", str(lab2), "--yes"), "other than public keys")
+    assert node_state(lab2) == state
 
 
 def test_a_crash_at_every_step_of_stage_2_is_all_old_or_all_new(tmp_path: Path) -> None:

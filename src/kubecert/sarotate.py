@@ -37,7 +37,7 @@ from .errors import KubecertError, PKIError
 from .facts import detect_profile, gather
 from .rotate import NodeStatus
 from .store import NodeFS, mode_owner
-from .store.txn import Backup, Fault, Transaction, Write
+from .store.txn import Backup, Fault, Transaction, Write, list_backups
 
 NAME = "sa"
 ACTION = "sa-rotate"
@@ -71,6 +71,7 @@ class Keys:
     old: Optional[x509ops.PrivateKey]  # sa-old.key (stage 2)
     new_retired: Optional[dt.datetime]
     old_retired: Optional[dt.datetime]
+    other_blocks: int = 0  # PEM blocks in sa.pub that are not public keys (certificates, private keys)
 
 
 def _when(fs: NodeFS, path: str) -> Optional[dt.datetime]:
@@ -96,15 +97,35 @@ def read_keys(fs: NodeFS, layout: L.Layout) -> Keys:
             raise KubecertError(f"{fs.display(p)}: not on this node: rotate the service-account key on a control "
                                 "plane (it keeps sa.key and sa.pub)")
     new_p, old_p, new_r, old_r = side_files(layout)
-    return Keys(x509ops.load_key(fs.read(key), fs.display(key)),
-                tuple(x509ops.load_public_keys(fs.read(pub), fs.display(pub))),
+    data = fs.read(pub)
+    trusted = tuple(x509ops.load_public_keys(data, fs.display(pub)))
+    return Keys(x509ops.load_key(fs.read(key), fs.display(key)), trusted,
                 x509ops.load_key(fs.read(new_p), fs.display(new_p)) if fs.exists(new_p) else None,
                 x509ops.load_key(fs.read(old_p), fs.display(old_p)) if fs.exists(old_p) else None,
-                _when(fs, new_r), _when(fs, old_r))
+                _when(fs, new_r), _when(fs, old_r), data.count(b"-----BEGIN ") - len(trusted))
+
+
+def _key_switched(fs: NodeFS, keyp: str) -> Optional[dt.datetime]:
+    """When kubecert last changed sa.key on this node (a stage 2, an abort, a rollback of either), from
+    its backups: the key that stopped signing then signed its last token at that moment. The side
+    files say it too, but a rollback puts back the side files of an earlier moment."""
+    latest: Optional[dt.datetime] = None
+    for b in list_backups(fs):
+        if b.undone or not any(e.path == keyp for e in b.entries):
+            continue
+        try:
+            t = dt.datetime.strptime(b.created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
+        except ValueError:
+            continue
+        latest = t if latest is None else max(latest, t)
+    return latest
 
 
 def stage_of(k: Keys) -> Tuple[int, str]:
     """(stage, what the node holds); -1 for a state kubecert does not leave."""
+    if k.other_blocks:
+        return -1, (f"sa.pub holds {k.other_blocks} PEM block(s) other than public keys (the apiserver may trust "
+                    "keys in them); kubecert would drop them")
     trusted = [_fp(p) for p in k.trusted]
     signing = _fp(k.signing)
     if k.new is not None and k.old is not None:
@@ -146,10 +167,12 @@ def _span(d: dt.timedelta) -> str:
 
 
 def plan(fs: NodeFS, names: object = (NAME,), *, now: dt.datetime, abort: bool = False,
-         grace: dt.timedelta = DEFAULT_GRACE, key_type: Optional[str] = None,
+         grace: dt.timedelta = DEFAULT_GRACE, key_type: Optional[str] = None, new_key: Optional[x509ops.PrivateKey] = None,
          profile: Optional[spec.Profile] = None, **_ignored: object) -> R.Plan:
     """The next stage of the service-account key's rotation on this node (``abort``: the previous
-    one), in memory. Raises when the node is not in a state the stage can start from."""
+    one), in memory. ``new_key``: stage 1 with the key another control plane made (every control plane
+    must trust and sign with the same keys). Raises when the node is not in a state the stage can
+    start from."""
     facts = gather(fs)
     profile = profile or detect_profile(fs, facts)
     layout = L.Layout(facts.pki_dir)
@@ -163,6 +186,12 @@ def plan(fs: NodeFS, names: object = (NAME,), *, now: dt.datetime, abort: bool =
                        "nothing was changed")
     if abort and stage == 0:
         raise KubecertError("sa: no rotation in progress on this node: nothing to abort")
+    if new_key is not None and (abort or stage != 0):
+        raise KubecertError(f"sa: --new-key starts a rotation (stage 1); this node is at stage {stage} ({STAGES[stage]}); "
+                            "nothing was changed")
+    if new_key is not None and _fp(new_key) == _fp(k.signing):
+        raise KubecertError("sa: --new-key is the key sa.key holds already; nothing was changed")
+    switched = _key_switched(fs, keyp)
     pmode, puid, pgid = mode_owner(fs, pub, 0o600)
     _, kuid, kgid = mode_owner(fs, keyp, 0o600)
     writes: List[Write] = []
@@ -198,25 +227,33 @@ def plan(fs: NodeFS, names: object = (NAME,), *, now: dt.datetime, abort: bool =
     def drop(keep: x509ops.PrivateKey, retired: Optional[dt.datetime], which: str, sides: Tuple[str, ...],
              reason: str) -> None:
         """sa.pub holds ``keep`` alone, once the grace for the ``which`` key has passed."""
-        _grace_passed(retired, now, grace, which)
+        _grace_passed(max((t for t in (retired, switched) if t is not None), default=None), now, grace, which)
         put_pub([keep.public_key()])
         delete(*sides)
         item(reason, keep, (spec.APISERVER,))
 
     if not abort and stage == 0:
-        new = x509ops.generate_key(key_type or x509ops.key_description(k.signing))
+        new = new_key or x509ops.generate_key(key_type or x509ops.key_description(k.signing))
         put_pub([k.signing.public_key(), new.public_key()])
         put_key(new_p, new)
         item("stage 1: a new key, trusted beside the old (sa.pub holds both)", new, (spec.APISERVER,))
+        if new_key is None:
+            warnings.append(f"sa: the new key was made on this node: every other control plane must trust and sign "
+                            f"with the same one: copy {fs.display(new_p)} to each (a private directory) and run "
+                            "`kubecert ca rotate sa --new-key FILE` there; never let two control planes make their own")
     elif not abort and stage == 1:
         assert k.new is not None
         switch(k.new, k.signing, old_p, old_r, (new_p, new_r),
                "stage 2: sa.key switched to the new key (the old kept as sa-old.key)")
+        warnings.append(f"sa: the old key's tokens stay valid until stage 3, {_span(grace)} after the last control "
+                        "plane reaches stage 2; restart the apiserver and controller-manager now (--restart does). "
+                        "Token Secrets of the legacy kind never expire: re-issue them before stage 3 (remove their "
+                        "data.token, or delete and re-create them, and the controller-manager signs them anew)")
     elif not abort and stage == 2:
         drop(k.signing, k.old_retired, "old", (old_p, old_r), "stage 3: the old key dropped from sa.pub")
-        warnings.append("sa: token Secrets of the legacy kind signed by the old key stop working now: delete them "
-                        "(kubectl get secrets -A --field-selector type=kubernetes.io/service-account-token) so "
-                        "the controller-manager issues new ones")
+        warnings.append("sa: tokens signed by the old key stop working now, legacy token Secrets too (kubectl get "
+                        "secrets -A --field-selector type=kubernetes.io/service-account-token): re-issue any still "
+                        "signed by it; on a cluster, drop the old key only once every control plane is at stage 2")
     elif abort and stage == 2:
         assert k.old is not None
         switch(k.old, k.signing, new_p, new_r, (old_p, old_r),

@@ -142,6 +142,23 @@ def _cluster_info(fs: Any, p: Any, console: Any) -> None:
                       f"{fs.display(path)}` when the API is up")
 
 
+def _private_key(path: str) -> Any:
+    """A private key the operator hands over, read only from a directory no one else can change and a
+    file no one else can read (it is key material)."""
+    import os
+
+    from .. import x509ops
+    from ..store.privdir import PrivateDir
+
+    where, name = os.path.split(os.path.abspath(path))
+    with PrivateDir(where) as d:
+        data = d.read(name, secret=True)
+    if data is None:
+        fail(f"{path}: no such file; nothing was changed")
+    assert data is not None  # fail() exits
+    return x509ops.load_key(data, path, validate=True)
+
+
 @ca.command("rotate")
 @click.argument("name", type=click.Choice([*spec.CA_NAMES, "sa"]))
 @root_option
@@ -153,14 +170,17 @@ def _cluster_info(fs: Any, p: Any, console: Any) -> None:
 @click.option("--sa-grace", "sa_grace_text", default="65m", show_default=True, metavar="DURATION",
               help="sa only: how long a retired key stays trusted after it signed its last token (the longest "
                    "token a kubelet keeps unrefreshed, 1h, plus clock skew); stage 3 waits for it.")
+@click.option("--new-key", "new_key_file", metavar="FILE", type=click.Path(dir_okay=False),
+              help="sa only, stage 1: the new key another control plane made (its pki/sa-new.key, copied into a "
+                   "private directory): every control plane must use the same one.")
 @apply_options("Then restart what loads the changed files, in order, each gated on health; roll back on failure.")
 @runtime_options
 @with_validity
 @now_option
 @profile_option
 @handle_errors
-def rotate(name: str, root: str, show_status: bool, abort: bool, days: int, sa_grace_text: str, dry_run: bool,
-           yes: bool,
+def rotate(name: str, root: str, show_status: bool, abort: bool, days: int, sa_grace_text: str,
+           new_key_file: Optional[str], dry_run: bool, yes: bool,
            restart: bool, no_rollback: bool, cri: Optional[str], strategy: str, service_manager: Optional[str],
            restart_commands: tuple[str, ...], gate_timeouts: tuple[str, ...], restart_timeout: float,
            min_days: float, force_validity: bool, now_text: Optional[str], profile_text: Optional[str]) -> None:
@@ -198,6 +218,10 @@ def rotate(name: str, root: str, show_status: bool, abort: bool, days: int, sa_g
     console: Any = console_for() if restart else Plain()
     kwargs: dict[str, Any] = dict(abort=abort, days=days, profile=profile, clock=real_now(), min_days=min_days,
                                   force_validity=force_validity, grace=parse_duration(sa_grace_text))
+    if new_key_file is not None:
+        if name != "sa":
+            fail("--new-key is for `ca rotate sa` (a CA's new key is made where its key is kept)")
+        kwargs["new_key"] = _private_key(new_key_file)
     if dry_run:
         print_dry_run(engine.plan(fs, [name], now=now, **kwargs), console)
         return
