@@ -19,8 +19,7 @@ The stage is read from the node's files (which keys ``sa.pub`` holds, which one 
 side files). ``--abort`` goes back one stage: 2 -> 1 signs with the old key again (and records when
 the new key was retired, since tokens it signed exist now), 1 -> 0 drops the new key, after the grace
 when it ever signed. Token Secrets of the legacy kind (signed once by the controller-manager, never
-refreshed) die with the key that signed them: delete them after stage 2 so the controller-manager
-issues new ones; a warning says so at stage 3.
+refreshed) die with the key that signed them: stage 2 says to re-issue them before stage 3.
 """
 
 from __future__ import annotations
@@ -74,15 +73,23 @@ class Keys:
     other_blocks: int = 0  # PEM blocks in sa.pub that are not public keys (certificates, private keys)
 
 
+def _utc(text: str) -> Optional[dt.datetime]:
+    """``2026-01-31T12:00:00Z`` (how kubecert stamps side files and backups); None if not one."""
+    try:
+        return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
+    except ValueError:
+        return None
+
+
 def _when(fs: NodeFS, path: str) -> Optional[dt.datetime]:
     if not fs.exists(path):
         return None
     text = fs.read(path, limit=200).decode("ascii", "replace").strip()
-    try:
-        return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
-    except ValueError:
+    when = _utc(text)
+    if when is None:
         raise PKIError(f"{fs.display(path)}: not a time like 2026-01-31T12:00:00Z ({text[:40]!r}); "
-                       "restore a backup (kubecert backups list)") from None
+                       "restore a backup (kubecert backups list)")
+    return when
 
 
 def _stamp(when: dt.datetime) -> bytes:
@@ -111,11 +118,8 @@ def _key_switched(fs: NodeFS, keyp: str) -> Optional[dt.datetime]:
     files say it too, but a rollback puts back the side files of an earlier moment."""
     latest: Optional[dt.datetime] = None
     for b in list_backups(fs):
-        if b.undone or not any(e.path == keyp for e in b.entries):
-            continue
-        try:
-            t = dt.datetime.strptime(b.created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
-        except ValueError:
+        t = _utc(b.created)
+        if b.undone or t is None or not any(e.path == keyp for e in b.entries):
             continue
         latest = t if latest is None else max(latest, t)
     return latest
@@ -191,7 +195,6 @@ def plan(fs: NodeFS, names: object = (NAME,), *, now: dt.datetime, abort: bool =
                             "nothing was changed")
     if new_key is not None and _fp(new_key) == _fp(k.signing):
         raise KubecertError("sa: --new-key is the key sa.key holds already; nothing was changed")
-    switched = _key_switched(fs, keyp)
     pmode, puid, pgid = mode_owner(fs, pub, 0o600)
     _, kuid, kgid = mode_owner(fs, keyp, 0o600)
     writes: List[Write] = []
@@ -227,6 +230,8 @@ def plan(fs: NodeFS, names: object = (NAME,), *, now: dt.datetime, abort: bool =
     def drop(keep: x509ops.PrivateKey, retired: Optional[dt.datetime], which: str, sides: Tuple[str, ...],
              reason: str) -> None:
         """sa.pub holds ``keep`` alone, once the grace for the ``which`` key has passed."""
+        # only a drop needs the backups' history (every manifest read)
+        switched = _key_switched(fs, keyp)
         _grace_passed(max((t for t in (retired, switched) if t is not None), default=None), now, grace, which)
         put_pub([keep.public_key()])
         delete(*sides)

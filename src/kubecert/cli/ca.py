@@ -206,7 +206,11 @@ def rotate(name: str, root: str, show_status: bool, abort: bool, days: int, sa_g
     fs = LocalFS(root)
     profile = spec.parse_profile(profile_text) if profile_text else None
     engine: Any = SR if name == "sa" else RT
-    st = SR.node_status(fs, profile) if name == "sa" else RT.node_status(fs, name, profile)[0]
+
+    def node_status() -> Any:
+        return SR.node_status(fs, profile) if name == "sa" else RT.node_status(fs, name, profile)[0]
+
+    st = node_status()
     if show_status:
         stage = engine.STAGES[st.stage] if 0 <= st.stage < len(engine.STAGES) else "inconsistent"
         click.echo(f"{name}: stage {st.stage} ({stage}): {st.detail}")
@@ -240,6 +244,6 @@ def rotate(name: str, root: str, show_status: bool, abort: bool, days: int, sa_g
             console.print("nothing to write")
             return
         print_applied(console, result.plan, result.backup, fs, root, "rotation: wrote")
-    after = SR.node_status(fs, profile) if name == "sa" else RT.node_status(fs, name, profile)[0]
+    after = node_status()
     console.print(f"{name}: now at stage {after.stage} ({engine.STAGES[after.stage] if after.stage >= 0 else '?'}): "
                   f"{after.detail}")
