@@ -7,7 +7,9 @@ clients and API clients that follow master-1's credentials as kubecert updates t
 Reports the time of each stage (trust both, re-issue, drop old) and of each node in it, and the
 failed and retried requests (goal: 0 failed).
 
-Usage: python bench/bench_rotate.py [ca|front-proxy-ca|etcd-ca ...]   (default: ca)
+Usage: python bench/bench_rotate.py [ca|front-proxy-ca|etcd-ca|all|sa ...] [--include-sa] [--sa-grace 0s]
+(default: ca; `all --include-sa --sa-grace 0s` rotates the three CAs and the service-account key
+together, stage 3 included)
 """
 
 from __future__ import annotations
@@ -53,7 +55,9 @@ def stage_times(stdout: str, total: float) -> List[Tuple[str, float, Dict[str, f
 def main() -> None:
     from netlab import netlab
 
-    names = sys.argv[1:] or ["ca"]
+    args = sys.argv[1:]
+    flags = [a for i, a in enumerate(args) if a.startswith("--") or (i and args[i - 1] == "--sa-grace")]
+    names = [a for a in args if a not in flags] or ["ca"]
     print("cluster ca rotate of the netns lab: 3 control planes (real etcd x3, real apiserver / controller-manager /")
     print("scheduler v1.20.2) + 2 workers, each host its own sshd; over SSH, under load")
     with tempfile.TemporaryDirectory() as tmp, netlab(Path(tmp), workers=2) as net:
@@ -61,7 +65,7 @@ def main() -> None:
             time.sleep(0.5)
             for name in names:
                 start = time.monotonic()
-                r = net.kubecert("cluster", "ca", "rotate", name, "--yes", "--gate-timeout", "120", "-i",
+                r = net.kubecert("cluster", "ca", "rotate", name, *flags, "--yes", "--gate-timeout", "120", "-i",
                                  str(net.inventory), "--known-hosts", str(net.known_hosts), timeout=2400)
                 took = time.monotonic() - start
                 if r.returncode != 0:

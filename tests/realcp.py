@@ -82,6 +82,19 @@ def kubectl(kubeconfig: Path, *args: str, stdin: Optional[str] = None, timeout: 
                           input=stdin, capture_output=True, text=True, timeout=timeout, env=env, check=False)
 
 
+def token_kubeconfig(kubeconfig: Path, token: str, dest: Path, insecure: bool = False) -> Path:
+    """``kubeconfig``'s cluster (server, CA) with a bearer token and no client certificate; ``insecure``:
+    without the CA (a test of token authentication while the serving certs' CA changes)."""
+    doc = yaml.safe_load(kubeconfig.read_text())
+    doc["users"][0]["user"] = {"token": token}
+    if insecure:
+        doc["clusters"][0]["cluster"].pop("certificate-authority-data", None)
+        doc["clusters"][0]["cluster"]["insecure-skip-tls-verify"] = True
+    dest.write_text(yaml.safe_dump(doc))
+    dest.chmod(0o600)
+    return dest
+
+
 def client_identity(kubeconfig: Path) -> Tuple[str, List[str]]:
     """(CN, O values) of the client certificate a kubeconfig authenticates with."""
     doc = yaml.safe_load(kubeconfig.read_text())

@@ -375,15 +375,18 @@ def test_cluster_ca_renew_puts_one_version_on_every_node_with_zero_failed_reques
 
 @pytest.mark.timeout(1500)
 def test_cluster_ca_rotate_to_a_new_key_with_zero_failed_requests(net_long: NetLab) -> None:
-    """`cluster ca rotate ca` (issue 10, part 2): a new cluster CA key across three masters and two
-    workers under load - etcd clients and API clients that follow admin.conf as kubecert updates it -
-    with zero failed requests. Killed with SIGKILL in the middle of stage 2, `--status` shows the
-    nodes at different stages (read from their files), and a re-run finishes. At the end every node
-    trusts the new CA alone, every kubelet runs on a new-CA client cert, and a client cert of the old
-    CA gets 401."""
+    """`cluster ca rotate ca --include-sa` (issue 10, part 2): a new cluster CA key and a new
+    service-account key across three masters and two workers under load - etcd clients and API clients
+    that follow admin.conf as kubecert updates it - with zero failed requests. Killed with SIGKILL in
+    the middle of stage 2, `--status` shows the nodes at different stages (read from their files): a
+    token master-1 signs with the new key then authenticates on the masters still at stage 1, and a
+    token signed before the rotation still works everywhere; a re-run finishes. At the end every node
+    trusts the new CA alone, every kubelet runs on a new-CA client cert, a client cert of the old CA
+    gets 401, and so does the token the old service-account key signed (--sa-grace 0s here)."""
     from cryptography import x509
 
-    from realcp import local_kubeconfig, whoami
+    from realcp import kubectl, local_kubeconfig, token_kubeconfig, whoami
+    from test_sa_rotate import _signed_by, _spki
 
     net = net_long
 
@@ -393,8 +396,29 @@ def test_cluster_ca_rotate_to_a_new_key_with_zero_failed_requests(net_long: NetL
     old_ca = x509.load_pem_x509_certificates(m1.pki("ca.crt").read_bytes())
     assert len(old_ca) == 1
     old_admin = local_kubeconfig(m1.root, "admin.conf", net.dir / "kc-old", server=f"https://{m1.address}:6443")
+    sa_user = "system:serviceaccount:default:rotator"
+    assert kubectl(old_admin, "create", "serviceaccount", "rotator", prefix=in_op).returncode == 0
+
+    def token(tag: str) -> str:
+        r = kubectl(old_admin if tag == "before" else local_kubeconfig(
+            m1.root, "admin.conf", net.dir / "kc-now", server=f"https://{m1.address}:6443"),
+            "create", "token", "rotator", "--duration", "1h", prefix=in_op)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.strip()
+
+    def token_user(tok: str, master: str) -> object:
+        """Who master's apiserver says the token is (a 403 names the user: authenticated, RBAC refuses)."""
+        kc = token_kubeconfig(old_admin, tok, net.dir / "kc-old" / f"token-{master}.conf", insecure=True)
+        doc = yaml_load(kc.read_text())
+        doc["clusters"][0]["cluster"]["server"] = f"https://{net[master].address}:6443"
+        kc.write_text(yaml_dump(doc))
+        seen = whoami(kc, prefix=in_op)
+        return seen.user if seen.status in (201, 403) else seen.status
+
+    before = token("before")
+    assert all(token_user(before, n) == sa_user for n in NAMES)
     state = net.dir / "rotate-state.json"
-    args = ("ca", "--yes", "--gate-timeout", "90", "--state", str(state))
+    args = ("ca", "--include-sa", "--sa-grace", "0s", "--yes", "--gate-timeout", "90", "--state", str(state))
     with net.load(follow=True) as load, net.api_load(follow=True) as api:
         time.sleep(0.5)
         log = open(net.dir / "ca-rotate-killed.log", "w")  # noqa: SIM115 (closed after the kill)
@@ -416,8 +440,18 @@ def test_cluster_ca_rotate_to_a_new_key_with_zero_failed_requests(net_long: NetL
         status = net.kubecert("cluster", "ca", "rotate", "ca", "--status", "-i", str(net.inventory),
                               "--known-hosts", str(net.known_hosts))
         assert status.returncode == 0, out(status)
-        assert re.search(r"^master-1\s+stage 2", status.stdout, re.M), status.stdout
-        assert re.search(r"^worker-1\s+stage 1", status.stdout, re.M), status.stdout
+        assert re.search(r"^\s*master-1\s+stage 2", status.stdout, re.M), status.stdout
+        assert re.search(r"^\s*worker-1\s+stage 1", status.stdout, re.M), status.stdout
+        sa_status = net.kubecert("cluster", "ca", "rotate", "sa", "--status", "-i", str(net.inventory),
+                                 "--known-hosts", str(net.known_hosts))
+        assert re.search(r"^\s*master-1\s+stage 2", sa_status.stdout, re.M), out(sa_status)
+        assert re.search(r"^\s*master-3\s+stage 1", sa_status.stdout, re.M), out(sa_status)
+        # master-1 signs with the new key; the masters still at stage 1 trust it already
+        during = token("during")
+        assert _signed_by(during, _spki(m1.root, "sa.key")) and not _signed_by(during, _spki(net["master-3"].root,
+                                                                                             "sa.key"))
+        seen = {n: (token_user(during, n), token_user(before, n)) for n in NAMES}
+        assert all(v == (sa_user, sa_user) for v in seen.values()), seen
         r = net.kubecert("cluster", "ca", "rotate", *args, "-i", str(net.inventory), "--known-hosts",
                          str(net.known_hosts), timeout=1200)
         time.sleep(0.5)
@@ -453,6 +487,12 @@ def test_cluster_ca_rotate_to_a_new_key_with_zero_failed_requests(net_long: NetL
     assert whoami(stranger, prefix=in_op).status == 401
     fresh = local_kubeconfig(m1.root, "admin.conf", net.dir / "kc-new", server=f"https://{m1.address}:6443")
     assert whoami(fresh, prefix=in_op).user == "kubernetes-admin"
+    # the service-account key: every master signs with the new one alone; the old key's token is refused
+    sa_pub = {n: net[n].pki("sa.pub").read_bytes() for n in NAMES}
+    assert len(set(sa_pub.values())) == 1 and sa_pub["master-1"].count(b"BEGIN PUBLIC KEY") == 1, sa_pub
+    seen = {n: (token_user(before, n), token_user(during, n)) for n in NAMES}
+    assert all(v == (401, sa_user) for v in seen.values()), seen
+    assert not list(m1.pki("").glob("sa-*")), list(m1.pki("").glob("sa-*"))
     assert not state.exists()
     net.wait_ready(90)
 

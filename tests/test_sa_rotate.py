@@ -242,15 +242,6 @@ def test_an_sa_pub_in_pkcs1_form_is_read_and_rotated(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------- real apiserver
 
 
-def _token_kubeconfig(admin: Path, token: str, dest: Path) -> Path:
-    """admin.conf's cluster (server, CA) with a bearer token and no client certificate."""
-    doc = yaml.safe_load(admin.read_text())
-    doc["users"][0]["user"] = {"token": token}
-    dest.write_text(yaml.safe_dump(doc))
-    dest.chmod(0o600)
-    return dest
-
-
 def _who(kc: Path) -> str:
     """What the apiserver says of the token: 'rotator' (authenticated, RBAC refuses) or 'Unauthorized'."""
     r = realcp.kubectl(kc, "get", "secrets")
@@ -290,7 +281,7 @@ def test_tokens_keep_working_through_an_sa_rotation_on_the_real_apiserver(tmp_pa
         def token(name: str) -> Path:
             r = realcp.kubectl(admin, "create", "token", "rotator", "--duration", "1h")
             assert r.returncode == 0, r.stderr
-            return _token_kubeconfig(admin, r.stdout.strip(), tmp_path / "kc" / f"{name}.conf")
+            return realcp.token_kubeconfig(admin, r.stdout.strip(), tmp_path / "kc" / f"{name}.conf")
 
         def tok(kc: Path) -> str:
             return str(yaml.safe_load(kc.read_text())["users"][0]["user"]["token"])

@@ -148,6 +148,22 @@ def stage_of(k: Keys) -> Tuple[int, str]:
     return -1, "sa-old.key exists, but sa.pub is not sa-old.key's public key followed by sa.key's"
 
 
+def pair_stage(k: Keys, old_fp: str, new_fp: str) -> int:
+    """The node's stage in the rotation from the key ``old_fp`` to the key ``new_fp`` (a cluster's): 3
+    once it holds the new key alone; -1 when it holds other keys (another rotation, another cluster)."""
+    stage, _ = stage_of(k)
+    signing = _fp(k.signing)
+    if stage == 0:
+        return 0 if signing == old_fp else 3 if signing == new_fp else -1
+    if stage == 1:
+        assert k.new is not None
+        return 1 if (signing, _fp(k.new)) == (old_fp, new_fp) else -1
+    if stage == 2:
+        assert k.old is not None
+        return 2 if (_fp(k.old), signing) == (old_fp, new_fp) else -1
+    return -1
+
+
 def node_status(fs: NodeFS, profile: Optional[spec.Profile] = None) -> NodeStatus:
     k = read_keys(fs, L.Layout(gather(fs).pki_dir))
     stage, detail = stage_of(k)
@@ -172,11 +188,17 @@ def _span(d: dt.timedelta) -> str:
 
 def plan(fs: NodeFS, names: object = (NAME,), *, now: dt.datetime, abort: bool = False,
          grace: dt.timedelta = DEFAULT_GRACE, key_type: Optional[str] = None, new_key: Optional[x509ops.PrivateKey] = None,
-         profile: Optional[spec.Profile] = None, **_ignored: object) -> R.Plan:
+         profile: Optional[spec.Profile] = None, target: Optional[int] = None, old_fp: Optional[str] = None,
+         retired_at: Optional[dt.datetime] = None, **_ignored: object) -> R.Plan:
     """The next stage of the service-account key's rotation on this node (``abort``: the previous
     one), in memory. ``new_key``: stage 1 with the key another control plane made (every control plane
     must trust and sign with the same keys). Raises when the node is not in a state the stage can
-    start from."""
+    start from.
+
+    A cluster's rotation (:mod:`kubecert.cluster.sarotate`) names the pair, ``old_fp`` (the SPKI sha256
+    of the key every control plane signed with) and ``new_key``, and ``target``: exactly that stage,
+    nothing when the node is there already (a resumed pass); ``retired_at``: the latest moment any
+    control plane's leaving key signed a token (the grace counts from the cluster's last switch)."""
     facts = gather(fs)
     profile = profile or detect_profile(fs, facts)
     layout = L.Layout(facts.pki_dir)
@@ -188,6 +210,20 @@ def plan(fs: NodeFS, names: object = (NAME,), *, now: dt.datetime, abort: bool =
     if stage < 0:
         raise PKIError(f"sa: {detail}; not a state kubecert leaves: restore a backup (kubecert backups list); "
                        "nothing was changed")
+    if target is not None:
+        if new_key is None or old_fp is None:
+            raise KubecertError("sa: a cluster stage needs the rotation's two keys")
+        here = pair_stage(k, old_fp, _fp(new_key))
+        if here < 0:
+            raise PKIError("sa: this node holds other service-account keys than the cluster's rotation (sa.key, "
+                           "sa.pub, sa-new.key or sa-old.key differ from the other control planes'); nothing was changed")
+        if here == target or (here > target) != abort:
+            return R.Plan(fs.root, now, 0, profile, (), ())  # already there
+        if abs(here - target) != 1 or here == 3:
+            raise KubecertError(f"sa: this node is at stage {here} ({STAGES[here]}); it cannot go to stage {target} "
+                                "from there; nothing was changed")
+        if here != 0:
+            new_key = None  # the node holds it already
     if abort and stage == 0:
         raise KubecertError("sa: no rotation in progress on this node: nothing to abort")
     if new_key is not None and (abort or stage != 0):
@@ -232,7 +268,8 @@ def plan(fs: NodeFS, names: object = (NAME,), *, now: dt.datetime, abort: bool =
         """sa.pub holds ``keep`` alone, once the grace for the ``which`` key has passed."""
         # only a drop needs the backups' history (every manifest read)
         switched = _key_switched(fs, keyp)
-        _grace_passed(max((t for t in (retired, switched) if t is not None), default=None), now, grace, which)
+        _grace_passed(max((t for t in (retired, switched, retired_at) if t is not None), default=None), now, grace,
+                      which)
         put_pub([keep.public_key()])
         delete(*sides)
         item(reason, keep, (spec.APISERVER,))

@@ -13,18 +13,21 @@ workers) get the certificates, and their kubelet client certs are re-issued with
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from cryptography import x509
 
-from .. import rotate, spec, x509ops
+from .. import rotate, rotations, spec, x509ops
 from ..errors import KubecertError, PKIError
 from ..layout import Layout
 from ..node.restart import Timeouts, renew_restart
 from ..node.runtime import Options
+from ..sarotate import DEFAULT_GRACE
 from .base import ClusterRun, Connect, NodeRun, Progress, RunState, _quiet, reachable
 from .renew import _cluster_nodes, rolling, rollout_order
+from .sarotate import SaPair, control_planes
+from .sarotate import discover as sa_discover
 
 
 @dataclass(frozen=True)
@@ -109,33 +112,54 @@ def start(hosts: Sequence[Any], connect: Connect, name: str, *, now: dt.datetime
                              force_validity=force_validity)
 
 
-def cluster_ca_rotate(hosts: Sequence[Any], connect: Connect, given: rotate.Given, targets: Sequence[int], *,
-                      now: dt.datetime, state: RunState, abort: bool = False, options: Optional[Options] = None,
+def cluster_ca_rotate(hosts: Sequence[Any], connect: Connect, givens: Sequence[rotate.Given], targets: Sequence[int], *,
+                      now: dt.datetime, state: RunState, abort: bool = False, sa: Optional[SaPair] = None,
+                      sa_grace: dt.timedelta = DEFAULT_GRACE, options: Optional[Options] = None,
                       timeouts: Optional[Timeouts] = None, progress: Progress = _quiet,
                       **plan_kwargs: Any) -> Tuple[ClusterRun, List[str]]:
-    """Each stage of ``targets`` as one rolling pass over every node; stop at the first failure (that
-    node is rolled back to where the stage found it). -> (the run, notes on cluster-info)."""
+    """Each stage of ``targets`` as one rolling pass over every node, every CA of ``givens`` and, with
+    ``sa`` (:meth:`SaWhere.pair`), the service-account key (control planes only) in one transaction per
+    node; stop at the first failure (that node is rolled back to where the stage found it). The service-account key's
+    drop waits for its grace, counted from the last control plane's switch: until then the pass goes
+    on without it, and a note says when to finish it. -> (the run, notes)."""
     runs: List[NodeRun] = []
     notes: List[str] = []
+    pair = sa
+    names = [g.name for g in givens] + (["sa"] if pair else [])
     for target in targets:
-        label = f"{'abort' if abort else 'rotate'} {given.name} -> stage {target}"
+        if pair is not None and target == (0 if abort else 3):
+            due = sa_discover(hosts, connect).due(abort, sa_grace)  # as the last control plane left it
+            if due is not None and now < due:
+                last = due - sa_grace
+                notes.append(f"sa: the {'new' if abort else 'old'} key signed tokens until {last:%Y-%m-%d %H:%M:%S} UTC; "
+                             f"it can be dropped from {due:%Y-%m-%d %H:%M:%S} UTC: run `kubecert cluster ca rotate sa"
+                             f"{' --abort' if abort else ''}` then")
+                pair, names = None, [g.name for g in givens]
+            elif pair is not None:
+                pair = replace(pair, retired_at=due - sa_grace if due else None)
+        if not names:
+            break
+        label = f"{'abort' if abort else 'rotate'} {'+'.join(names)} -> stage {target}"
         if state.stage != label:
             state.stage, state.done = label, []
         progress("cluster", "stage", f"{label} ({rotate.STAGES[target]})")
 
-        def node(h: Any, conn: Any, node_progress: Any, verifier: Any, _t: int = target) -> Any:
-            return renew_restart(conn.fs(), [given.name], now=now, options=options, timeouts=timeouts,
-                                 rollback=True, progress=node_progress, runner=conn.run, verifier_factory=verifier,
-                                 planner=rotate.plan, applier=rotate.apply, given=given, stage=_t, abort=abort,
-                                 **plan_kwargs)
+        def node(h: Any, conn: Any, node_progress: Any, verifier: Any, _t: int = target, _sa: Any = pair,
+                 _names: List[str] = names) -> Any:
+            on_sa = _sa if h in control_planes(hosts) else None
+            return renew_restart(conn.fs(), _names, now=now, options=options, timeouts=timeouts, rollback=True,
+                                 progress=node_progress, runner=conn.run, verifier_factory=verifier,
+                                 planner=rotations.plan, applier=rotations.apply, givens=givens, sa=on_sa, stage=_t,
+                                 abort=abort, **plan_kwargs)
 
-        stage_runs, stopped = rolling(hosts, rollout_order(hosts), connect, state=state, now=now, progress=progress,
-                                      renew_node=node)
+        order = rollout_order(hosts) if givens else control_planes(rollout_order(hosts))
+        stage_runs, stopped = rolling(hosts, order, connect, state=state, now=now, progress=progress, renew_node=node)
         runs = [r for r in runs if r.name not in {s.name for s in stage_runs}] + stage_runs
         if stopped:
             return ClusterRun(tuple(runs), {}), notes
-        if given.name == "ca" and target in (1, 3, 0):
-            notes.append(publish(hosts, connect, given, target))
+        for g in givens:
+            if g.name == "ca" and target in (1, 3, 0):
+                notes.append(publish(hosts, connect, g, target))
     state.finish()
     return ClusterRun(tuple(runs), {}), notes
 
