@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what kubecert's tests and demo need on a fresh Debian machine (run as root).
 # Debian: openssl (independent checker), etcd-server/etcd-client (real etcd in tests),
-# openssh-server (real sshd in tests), iproute2. Python: kubecert itself with its test extras.
+# openssh-server (real sshd in tests), iproute2, prometheus (real Prometheus, promtool),
+# chromium (headless, the HTML report), systemd (systemd-analyze verify). Python: kubecert itself with its test extras.
 # Then the real control plane (kube-apiserver, -controller-manager, -scheduler, kubeadm v1.20.2),
 # built from Debian's kubernetes source package by scripts/install-kube.sh (cached outside the
 # checkout; ~7 min the first time, nothing after; `--no-kube` skips it).
@@ -16,6 +17,9 @@ command -v ip >/dev/null || need_apt+=(iproute2)
 command -v kubectl >/dev/null || need_apt+=(kubernetes-client)   # independent kubeconfig checker
 command -v chattr >/dev/null || need_apt+=(e2fsprogs)
 command -v sudo >/dev/null || need_apt+=(sudo)          # the SSH tests of sudo hosts
+command -v prometheus >/dev/null || need_apt+=(prometheus)   # real Prometheus + promtool (exporter tests)
+command -v chromium >/dev/null || need_apt+=(chromium)       # headless rendering of the HTML report
+command -v systemd-analyze >/dev/null || need_apt+=(systemd) # systemd-analyze verify of the timer units
 if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq

@@ -9,6 +9,7 @@ managed: its leafs are skipped with a reason. CAs and the sa pair are never touc
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -19,6 +20,7 @@ from . import layout as L
 from . import spec, userkube, x509ops
 from .errors import KubecertError, PKIError, ValidityError
 from .facts import NodeFacts, detect_profile, gather
+from .hooks import Session, with_pre
 from .kubeconfig import Kubeconfig, rewrite_kubeconfig
 from .kubeconfig import parse as parse_kubeconfig
 from .recovery import recover_node
@@ -437,13 +439,17 @@ def plan(fs: NodeFS, names: Sequence[str], *, now: dt.datetime, days: int = 365,
          key_type: Optional[str] = None, profile: Optional[spec.Profile] = None,
          update_user_kubeconfigs: bool = False, signers: Optional[Signers] = None,
          clock: Optional[dt.datetime] = None, min_days: float = 1.0, force_validity: bool = False,
-         within: Optional[dt.timedelta] = None, rotate: Optional[Dict[str, Tuple[x509.Certificate, x509ops.PrivateKey,
+         within: Optional[dt.timedelta] = None, kubelet_within: Optional[dt.timedelta] = None,
+         due_only: bool = False, rotate: Optional[Dict[str, Tuple[x509.Certificate, x509ops.PrivateKey,
                                                                                  x509.Certificate, bytes]]] = None) -> Plan:
     """Everything that renewal would write, computed in memory; reads the node, writes nothing.
 
     ``clock`` is the real time (default: ``now``): every new certificate must be valid then, start no
     earlier than its CA and live at least ``min_days``, unless ``force_validity``. ``within``: of
-    ``all``, renew only what expires within it (or has expired); names given explicitly always.
+    ``all``, renew only what expires within it (or has expired); names given explicitly always, unless
+    ``due_only`` (the ``--if-expiring-within`` check: explicit names are held to ``within`` too).
+    ``kubelet_within``: how close to expiry the kubelet's own certs must be for ``all`` to renew them
+    (default 30 days; ``within`` when it is given).
     ``rotate``: CA name -> (new CA cert, its key, the old CA cert, the trust bundle for kubeconfigs):
     sign with the new CA what the old one signed (a CA rotation's re-issue stage, :mod:`rotate`)."""
     if now.tzinfo is None:
@@ -455,7 +461,7 @@ def plan(fs: NodeFS, names: Sequence[str], *, now: dt.datetime, days: int = 365,
     facts = gather(fs)
     profile = profile or detect_profile(fs, facts)
     ctx = _Ctx(fs, facts, L.Layout(facts.pki_dir), now, days, key_mode, key_type, clock or now, min_days,
-               force_validity, within if within is not None else KUBELET_RENEW_WITHIN)
+               force_validity, within if within is not None else (kubelet_within or KUBELET_RENEW_WITHIN))
     explicit = [n for n in names if n != "all"]
     on_node = [n for n in profile.names if n in spec.RENEWABLE]
     for n in explicit:
@@ -474,7 +480,7 @@ def plan(fs: NodeFS, names: Sequence[str], *, now: dt.datetime, days: int = 365,
     if within is not None:
         keep = []
         for name in targets:
-            validity = None if name in explicit else _current_validity(ctx, spec.entry(name))
+            validity = None if name in explicit and not due_only else _current_validity(ctx, spec.entry(name))
             # due: expires within it, has expired, or is not valid yet (at the real clock)
             if validity is not None and validity[1] - now > within and validity[0] <= ctx.clock:
                 later.append(PlanItem(name, "skip", f"valid until {_when(validity[1])}, beyond --within",
@@ -564,17 +570,47 @@ def apply(fs: NodeFS, p: Plan, *, fault: Optional[Fault] = None) -> Backup:
 
 def renew(fs: NodeFS, names: Sequence[str], *, now: dt.datetime, fault: Optional[Fault] = None,
           confirm: Optional[Callable[[Plan], bool]] = None, planner: Optional[Callable[..., Plan]] = None,
-          applier: Optional[Callable[..., Backup]] = None, **kwargs: Any) -> Result:
+          applier: Optional[Callable[..., Backup]] = None, hooks: Any = None, **kwargs: Any) -> Result:
     """The node workflow without restarts: lock, recover any interrupted change, plan, ``confirm``
-    (shown the plan; False = write nothing), apply. ``planner``/``applier``: another engine of the
-    same shape (carenew)."""
-    with fs.lock(LOCK):
-        recovered = recover_node(fs, now)
-        p = (planner or plan)(fs, names, now=now, **kwargs)
-        if confirm is not None and not confirm(p) or not p.writes:
-            return Result(p, None, recovered)
-        backup = (applier or apply)(fs, p, fault=fault)
+    (shown the plan; False = write nothing), pre-hooks, apply, deploy-hooks; post-hooks at the end of
+    a run that attempted a renewal, failed or not (``hooks``: a :class:`kubecert.hooks.Session`, typed
+    loosely because engines pass their ``**kwargs`` through). ``planner``/``applier``: another engine of
+    the same shape (carenew)."""
+    if hooks is not None and not isinstance(hooks, Session):
+        raise TypeError(f"hooks must be a kubecert.hooks.Session, not {type(hooks).__name__}")
+    with contextlib.ExitStack() as stack:
+        if hooks is not None:
+            stack.enter_context(hooks.guard())
+        with fs.lock(LOCK):
+            recovered = recover_node(fs, now)
+            p = (planner or plan)(fs, names, now=now, **kwargs)
+            if confirm is not None and not confirm(p) or not p.writes:
+                return Result(p, None, recovered)
+            if hooks is not None:
+                hooks.pre([i.name for i in p.renewed])
+            backup = (applier or apply)(fs, p, fault=fault)
+        if hooks is not None:
+            hooks.deploy([i.name for i in p.renewed], backup.id)
     return Result(p, backup, recovered)
+
+
+def renew_restart(fs: NodeFS, names: Sequence[str], *, now: dt.datetime, hooks: Optional[Session] = None,
+                  **kwargs: Any) -> Any:
+    """:func:`kubecert.node.restart.renew_restart` (renew, restart in order with health gates, roll
+    back on failure) with the hooks: pre before the first write, deploy once the renewed node is
+    restarted and verified, post at the end in any case."""
+    from .node.restart import renew_restart as restart_workflow
+
+    if hooks is None:
+        return restart_workflow(fs, names, now=now, **kwargs)
+    with hooks.guard():
+        applier = with_pre(hooks, kwargs.pop("applier", apply))
+        outcome = restart_workflow(fs, names, now=now, applier=applier, **kwargs)
+        if outcome.backup is not None and outcome.ok:
+            hooks.deploy([i.name for i in outcome.plan.renewed], outcome.backup.id)
+        elif outcome.backup is not None:
+            hooks.failed()
+    return outcome
 
 
 def _hex(n: Optional[int]) -> Optional[str]:

@@ -13,7 +13,10 @@ almost nothing. :func:`main` turns every failure into one line and a documented 
       says exactly what state the node is in and which command finishes it)
 4     ``renew --restart`` / ``cluster renew``: a gate failed; restored and healthy on the old certs
 5     a gate failed and the node is not restored or not healthy: inspect it
+6     ``renew``: the renewal succeeded (or changed nothing) but a deploy or post hook failed
 70    internal error (a bug): one line; ``KUBECERT_DEBUG=1`` shows the traceback
+75    ``cluster ca rotate``: every stage it may run now is done; the sa key's drop waits for its grace:
+      run again at the time it prints
 130   interrupted (Ctrl-C): the message says what state the node is in
 ====  ==========================================================================================
 """
@@ -46,6 +49,9 @@ COMMANDS: Dict[str, str] = {
     "import": "extca:import_cmd",
     "cluster": "cluster:cluster",
     "lab": "lab:lab",
+    "timer": "timer:timer",
+    "exporter": "exporter:exporter",
+    "report": "report:report",
 }
 
 

@@ -19,11 +19,14 @@ from .common import handle_errors, now_option, parse_duration, parse_now, profil
 @click.option("--crit", "crit_text", default="7d", show_default=True, help="Exit 2 if anything expires within.")
 @click.option("--ca-warn", "ca_warn_text", default="365d", show_default=True,
               help="A CA that expires within this is a warning (renew it with `kubecert ca renew`).")
+@click.option("--timeline", is_flag=True,
+              help="Draw a chart instead of kubeadm's tables: one bar per cert up to its NotAfter, today and "
+                   "the --warn/--crit zones marked, CAs on their own scale (then the audit, as always).")
 @now_option
 @profile_option
 @handle_errors
-def check(root: str, output: str, warn_text: str, crit_text: str, ca_warn_text: str, now_text: Optional[str],
-          profile_text: Optional[str]) -> None:
+def check(root: str, output: str, warn_text: str, crit_text: str, ca_warn_text: str, timeline: bool,
+          now_text: Optional[str], profile_text: Optional[str]) -> None:
     """Inventory and audit a node's PKI (kubeadm check-expiration, and more).
 
     \b
@@ -31,14 +34,16 @@ def check(root: str, output: str, warn_text: str, crit_text: str, ca_warn_text: 
     2 something expires within --crit, is expired, missing or unreadable, or an audit error;
     3 bad input (nothing was checked).
     """
-    warn, crit = parse_duration(warn_text), parse_duration(crit_text)
+    warn, crit, ca_warn = parse_duration(warn_text), parse_duration(crit_text), parse_duration(ca_warn_text)
+    if timeline and output != "table":
+        raise click.UsageError(f"--timeline draws a chart; it does not go with -o {output}")
     now = parse_now(now_text)
     from ..inventory import scan
     from ..store import LocalFS
 
     profile = spec.parse_profile(profile_text) if profile_text else None
     fs = LocalFS(root)
-    report = scan(fs, now=now, profile=profile, ca_warn=parse_duration(ca_warn_text))
+    report = scan(fs, now=now, profile=profile, ca_warn=ca_warn)
     code = report.exit_code(warn, crit)
     from ..space import human, renewal_needs
 
@@ -54,13 +59,24 @@ def check(root: str, output: str, warn_text: str, crit_text: str, ca_warn_text: 
 
         click.echo(render_yaml(report, code), nl=False)
     else:
-        from ..report.text import render
+        from ..report.text import audit_section, render
 
         verdict = {0: "OK", 1: "WARNING", 2: "CRITICAL"}[code]
         disk = "; ".join(f"{human(n.needed)} in {fs.display(n.directory)} ("
                          + ("free space unknown" if n.free is None else
                             f"{human(n.free)} free{', NOT ENOUGH: free some space first' if n.short else ''}") + ")"
                          for n in needs)
-        click.echo(render(report, f"disk: a renewal needs about {disk}\n"
-                                  f"status: {verdict} (exit {code}; warn {warn_text}, crit {crit_text})"), nl=False)
+        summary = (f"disk: a renewal needs about {disk}\n"
+                   f"status: {verdict} (exit {code}; warn {warn_text}, crit {crit_text})")
+        if timeline:
+            from rich.console import Console
+
+            from ..report.timeline import node_timeline, render_text
+
+            # not a terminal or NO_COLOR: no colour; the width is the terminal's (80 when piped, or $COLUMNS)
+            console = Console(highlight=False)
+            console.print(render_text(node_timeline(report, warn=warn, crit=crit, ca_warn=ca_warn), console.width))
+            click.echo("\n" + audit_section(report) + summary)
+        else:
+            click.echo(render(report, summary), nl=False)
     sys.exit(code)

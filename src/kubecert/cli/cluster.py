@@ -10,6 +10,7 @@ from typing import Any, List, Optional
 import click
 
 from .cluster_ca import cluster_ca
+from .cluster_timer import timer as cluster_timer
 from .clustertarget import Target, dry_run_plans, inventory_options, roll_out
 from .common import (
     Plain,
@@ -32,6 +33,7 @@ def cluster() -> None:
 
 
 cluster.add_command(cluster_ca)
+cluster.add_command(cluster_timer)
 
 
 @cluster.command("check")
@@ -42,10 +44,17 @@ cluster.add_command(cluster_ca)
 @click.option("-j", "--concurrency", "--workers", "workers", default=32, show_default=True, type=click.IntRange(1, 256),
               help="Nodes checked at once (--workers is the old name).")
 @click.option("--no-etcd-members", is_flag=True, help="Do not ask etcd for its member list (offline trees).")
+@click.option("--timeline", is_flag=True,
+              help="Draw every node's certificates as a chart (one scale for all nodes) instead of the table.")
+@click.option("--html", "html_file", metavar="FILE",
+              help="Also write one self-contained HTML page of every node (replaced atomically, 0644).")
+@click.option("--ca-warn", "ca_warn_text", default="365d", show_default=True,
+              help="The CAs' warn zone in the chart and the page.")
 @now_option
 @handle_errors
 def cluster_check_cmd(target: Target, output: str, warn_text: str, crit_text: str,
-                      workers: int, no_etcd_members: bool, now_text: Optional[str]) -> None:
+                      workers: int, no_etcd_members: bool, timeline: bool, html_file: Optional[str],
+                      ca_warn_text: str, now_text: Optional[str]) -> None:
     """Check every node in parallel, in one table, plus a cross-node audit.
 
     Exit codes as `kubecert check`, over all nodes and the cross-node findings."""
@@ -55,11 +64,19 @@ def cluster_check_cmd(target: Target, output: str, warn_text: str, crit_text: st
     from ..report.structured import to_data
     from ..report.text import kubeadm_date, residual_seconds, short_human_duration, tabwrite
 
-    warn, crit = parse_duration(warn_text), parse_duration(crit_text)
+    warn, crit, ca_warn = parse_duration(warn_text), parse_duration(crit_text), parse_duration(ca_warn_text)
+    if timeline and output != "table":
+        raise click.UsageError(f"--timeline draws a chart; it does not go with -o {output}")
     now = parse_now(now_text)
     report = cluster_check(target.hosts(), target.connector(), now=now, workers=workers,
                            members=not no_etcd_members)
     code = report.exit_code(warn, crit)
+    if html_file:
+        from ..report.html import render_cluster
+        from .report import write_page
+
+        written = write_page(html_file, render_cluster(report, warn=warn, crit=crit, ca_warn=ca_warn, exit_code=code))
+        click.echo(f"wrote {written} ({len(report.nodes)} nodes)", err=output == "json")  # stdout stays JSON
     if output == "json":
         click.echo(json.dumps({
             "kind": "ClusterCertificateExpirationInfo", "checkedAt": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -69,8 +86,16 @@ def cluster_check_cmd(target: Target, output: str, warn_text: str, crit_text: st
                       for n in report.nodes],
             "findings": [f.__dict__ for f in report.findings], "exitCode": code}, indent=2))
         sys.exit(code)
+    if timeline:
+        from rich.console import Console
+
+        from ..report.timeline import cluster_timeline, render_text
+
+        console = Console(highlight=False)  # no colour when piped or NO_COLOR; 80 columns when piped
+        console.print(render_text(cluster_timeline(report, warn=warn, crit=crit, ca_warn=ca_warn), console.width))
+        click.echo()
     lines = ["NODE\tCERTIFICATE\tEXPIRES\tRESIDUAL TIME\tCERTIFICATE AUTHORITY\tEXTERNALLY MANAGED"]
-    for n in report.nodes:
+    for n in report.nodes if not timeline else ():
         if n.report is None:
             lines.append(f"{n.name}\t!UNREACHABLE!\t\t\t\t{n.error}")
             continue
@@ -83,8 +108,9 @@ def cluster_check_cmd(target: Target, output: str, warn_text: str, crit_text: st
                 left = short_human_duration(residual_seconds(i.not_after, now))
                 lines.append(f"{n.name}\t{i.name}\t{kubeadm_date(i.not_after)}\t{left}\t{i.ca_name or 'self'}\t"
                              f"{'yes' if i.externally_managed else 'no'}")
-    click.echo(tabwrite(lines), nl=False)
-    click.echo()
+    if not timeline:
+        click.echo(tabwrite(lines), nl=False)
+        click.echo()
     click.echo("NODE FINDINGS")
     for n in report.nodes:
         if n.report is not None:

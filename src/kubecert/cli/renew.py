@@ -18,6 +18,7 @@ from .common import (
     fmt_time,
     handle_errors,
     now_option,
+    parse_duration,
     parse_now,
     print_applied,
     print_dry_run,
@@ -44,6 +45,18 @@ from .common import (
               help="Type of new keys (default: the type and size of the old key).")
 @click.option("--update-user-kubeconfigs", is_flag=True,
               help="Also update copies of admin.conf under /root/.kube and /home/*/.kube.")
+@click.option("--if-expiring-within", "if_within_text", metavar="DURATION",
+              help="Do nothing (exit 0) unless one of NAMES expires within DURATION (e.g. 30d) or has expired; "
+                   "then renew all of NAMES. For timers.")
+@click.option("--pre-hook", "pre_hooks", multiple=True, metavar="CMD",
+              help="Shell command run before the first change (after ROOT/etc/kubecert/hooks/pre/*); "
+                   "if it fails, nothing is changed.")
+@click.option("--deploy-hook", "deploy_hooks", multiple=True, metavar="CMD",
+              help="Shell command run after a successful renewal (and restart); never on --dry-run.")
+@click.option("--post-hook", "post_hooks", multiple=True, metavar="CMD",
+              help="Shell command run at the end of every run that attempted a renewal, failed or not.")
+@click.option("--hook-timeout", type=click.FloatRange(1, 86400), default=300.0, show_default=True,
+              metavar="SECONDS", help="How long one hook may run before it is killed.")
 @apply_options("Then restart the components that load the renewed files, in order, each gated on health "
                    "and the served certificate; roll back on failure.")
 @runtime_options
@@ -52,7 +65,9 @@ from .common import (
 @profile_option
 @handle_errors
 def renew(names: tuple[str, ...], root: str, days: int, key_mode: str, key_type: Optional[str],
-          update_user_kubeconfigs: bool, dry_run: bool, yes: bool, restart: bool, no_rollback: bool,
+          update_user_kubeconfigs: bool, if_within_text: Optional[str], pre_hooks: tuple[str, ...],
+          deploy_hooks: tuple[str, ...], post_hooks: tuple[str, ...], hook_timeout: float,
+          dry_run: bool, yes: bool, restart: bool, no_rollback: bool,
           cri: Optional[str], strategy: str, service_manager: Optional[str], restart_commands: tuple[str, ...],
           gate_timeouts: tuple[str, ...], restart_timeout: float, min_days: float, force_validity: bool,
           now_text: Optional[str], profile_text: Optional[str]) -> None:
@@ -61,8 +76,14 @@ def renew(names: tuple[str, ...], root: str, days: int, key_mode: str, key_type:
     NAMES are kubeadm's names (apiserver, etcd-server, admin.conf, ...) or `all` (the default).
     Every file touched is backed up first under /etc/kubernetes/.kubecert/backups/<id>
     (see `kubecert backups list`, `kubecert rollback`).
+
+    Hooks: executables in ROOT/etc/kubecert/hooks/{pre,deploy,post}/ and --pre-hook/--deploy-hook/
+    --post-hook run around a renewal, as certbot's do (see the README).
     """
     now = parse_now(now_text)
+    within = parse_duration(if_within_text) if if_within_text else None
+    from .. import due as D
+    from .. import hooks as H
     from .. import renew as R
     from ..store import LocalFS
 
@@ -73,6 +94,37 @@ def renew(names: tuple[str, ...], root: str, days: int, key_mode: str, key_type:
     kwargs: dict[str, Any] = dict(days=days, key_mode=key_mode, key_type=key_type, profile=profile,
                   update_user_kubeconfigs=update_user_kubeconfigs, clock=real_now(), min_days=min_days,
                   force_validity=force_validity)
+    if restart and not yes and not dry_run:
+        fail("--restart changes a running node: pass --yes (review the plan first with --dry-run)")
+    if within is not None:
+        D.check_window(within, days)
+    setup = runtime_setup(cri, strategy, service_manager, restart_commands, gate_timeouts,
+                          restart_timeout) if restart and not dry_run else None
+    # every hook is checked before anything runs: one unsafe file refuses the whole run
+    found = H.discover(root, pre=pre_hooks, deploy=deploy_hooks, post=post_hooks, timeout=hook_timeout)
+    if within is not None:
+        d = D.due(fs, selected, now=now, within=within, **kwargs)
+        for i in d.futile:
+            click.echo(f"warning: {i.name} expires {fmt_time(i.old_not_after)} UTC, within {if_within_text}, but "
+                       "renewing it cannot move that date (its CA expires then): renew or rotate the CA", err=True)
+        if not d.go:
+            soonest = min((i.old_not_after for i in d.plan.items if i.old_not_after is not None), default=None)
+            after = f" (soonest: {fmt_time(soonest)} UTC)" if soonest is not None else ""
+            console.print(f"nothing among {' '.join(selected)} expires within {if_within_text}{after}; "
+                          "nothing to do")
+            _fail_on_stranded(d.plan)
+            return
+        # the run renews every selected name, as `renew all` means (certbot renews the whole lineage);
+        # the kubelet's certs too when they are within the window
+        kwargs["kubelet_within"] = max(R.KUBELET_RENEW_WITHIN, within)
+        why = ", ".join(i.name for i in d.triggers) or "an interrupted change to finish"
+        console.print(f"due within {if_within_text}: {why}; renewing {' '.join(selected)}")
+    session = None
+    if found:
+        from ..facts import gather
+
+        session = H.Session(found, fs, node=H.node_name(fs, gather(fs).node_name), now=now, dry_run=dry_run,
+                            log=lambda line: click.echo(line, err=True))
     if dry_run:
         from ..layout import JOURNAL
 
@@ -80,27 +132,46 @@ def renew(names: tuple[str, ...], root: str, days: int, key_mode: str, key_type:
             click.echo(f"warning: an interrupted change is pending ({fs.display(JOURNAL)}); the files may be "
                        "half-renewed. `kubecert recover` (or the next renew) rolls it back; this plan reads "
                        "the tree as it is now.", err=True)
-        print_dry_run(R.plan(fs, selected, now=now, **kwargs), console)
+        if session is None:
+            print_dry_run(R.plan(fs, selected, now=now, **kwargs), console)
+            return
+        with session.guard():
+            p = R.plan(fs, selected, now=now, **kwargs)
+            if p.writes:  # hooks run only when a renewal would be attempted, as certbot's
+                session.pre([i.name for i in p.renewed])
+            print_dry_run(p, console)
+        _fail_on_hooks(session)
         return
     if restart:
-        if not yes:
-            fail("--restart changes a running node: pass --yes (review the plan first with --dry-run)")
-        _renew_restart(fs, selected, now, kwargs, console, not no_rollback,
-                       runtime_setup(cri, strategy, service_manager, restart_commands, gate_timeouts,
-                                      restart_timeout))
+        _renew_restart(fs, selected, now, kwargs, console, not no_rollback, setup, hooks=session)
+        _fail_on_hooks(session)
         return
-    result = R.renew(fs, selected, now=now, fault=fault_from_env(), confirm=confirmer(console, yes), **kwargs)
+    result = R.renew(fs, selected, now=now, fault=fault_from_env(), confirm=confirmer(console, yes),
+                     hooks=session, **kwargs)
     if result.recovered:
         console.print(f"recovered: {result.recovered}")
     p, backup = result.plan, result.backup
     if backup is None:
         console.print("nothing to renew")
         _fail_on_stranded(p)
+        _fail_on_hooks(session)
         return
     print_applied(console, p, backup, fs, root, "renewed")
     if p.components:
         console.print("restart to load the new files: " + ", ".join(p.components))
     _fail_on_stranded(p)
+    _fail_on_hooks(session)
+
+
+EXIT_HOOK = 6  # the run itself succeeded (or changed nothing), but a deploy or post hook failed
+
+
+def _fail_on_hooks(session: Any) -> None:
+    if session is not None and session.failures:
+        bad = session.failures[0]
+        more = f" (and {len(session.failures) - 1} more)" if len(session.failures) > 1 else ""
+        fail(f"{bad.hook.phase}-hook {bad.hook.label} failed ({bad.status()}){more}; the renewal itself "
+             f"{'succeeded' if session.result == 'renewed' else 'changed nothing'}: see its output above", EXIT_HOOK)
 
 
 def confirmer(console: Any, yes: bool) -> Any:
@@ -127,20 +198,21 @@ def _fail_on_stranded(p: Any) -> None:
 
 
 def _renew_restart(fs: Any, selected: list[str], now: dt.datetime, kwargs: dict[str, Any], console: Any,
-                   rollback: bool, setup: Any, engine: Any = None) -> Any:
+                   rollback: bool, setup: Any, engine: Any = None, hooks: Any = None) -> Any:
     """renew (or ``engine``: a module with renew's plan/apply, e.g. carenew) -> restart -> verify; prints
-    it all; returns the outcome when it succeeded (exits otherwise)."""
+    it all; returns the outcome when it succeeded (exits otherwise). ``hooks``: a hooks.Session."""
     from rich.table import Table
 
     from ..inventory import scan
-    from ..node.restart import renew_restart
+    from ..renew import renew_restart
 
     options, timeouts = setup
     before = scan(fs, now=now)
     console.print(f"check: {len(before.items)} item(s), {len(before.findings)} finding(s) before renewal")
     extra = {} if engine is None else {"planner": engine.plan, "applier": engine.apply}
     outcome = renew_restart(fs, selected, now=now, options=options, timeouts=timeouts, rollback=rollback,
-                            progress=progress_printer(console), fault=fault_from_env(), **extra, **kwargs)
+                            progress=progress_printer(console), fault=fault_from_env(), hooks=hooks, **extra,
+                            **kwargs)
     if outcome.recovered:
         console.print(f"recovered: {outcome.recovered}")
     print_plan(outcome.plan, console)
