@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List
 
@@ -26,19 +26,11 @@ from kubecert.errors import KubecertError, PKIError
 from kubecert.lab import LabSpec, create
 from kubecert.store import LocalFS
 from kubecert.store.txn import list_backups
+from test_cluster import H
 
 NOW = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.timezone.utc)
 MASTERS = ["master-1", "master-2", "master-3"]
 PKI = "etc/kubernetes/pki"
-
-
-@dataclass(frozen=True)
-class H:
-    name: str
-    address: str
-    role: str
-    root: str
-    etcd_member: bool = False
 
 
 @pytest.fixture(scope="module")
@@ -199,3 +191,53 @@ def test_a_ca_stage_and_the_sa_stage_are_one_transaction(lab: Path) -> None:
     with pytest.raises(KubecertError, match="not on this node"):
         rotations.plan(wfs, now=NOW, stage=1, givens=(given,), sa=pair)
     assert SR.STAGES[1] == "trust both"
+
+
+def test_a_control_plane_out_of_reach_stops_the_rotation_before_anything_changes(lab: Path) -> None:
+    """The stages to run and whether a new key exists can only be read from every control plane: one
+    that cannot be reached refuses the discovery (not silently passed over), and before each pass every
+    node is read again: one that missed a stage is never skipped past."""
+    from kubecert.cluster.rotate import ready_for
+
+    hosts = _hosts(lab)
+
+    def flaky(h: H) -> object:
+        if h.name == "master-3":
+            raise KubecertError("connection refused")
+        return local_connect(h)
+
+    with pytest.raises(KubecertError, match="master-3: cannot be reached"):
+        discover(hosts, flaky)  # type: ignore[arg-type]
+    assert set(discover(hosts, flaky, strict=False).stages) == set()  # type: ignore[arg-type]
+    pair = discover(hosts, local_connect).pair(dt.timedelta(0))
+    for n in MASTERS:
+        _step(lab, n, pair, 1)
+    for n in MASTERS[:2]:
+        _step(lab, n, pair, 2)
+    lagging = discover(hosts, flaky, strict=False)  # type: ignore[arg-type]
+    assert lagging.stages == {"master-1": 2, "master-2": 2} and lagging.stage == 2  # what a lenient read would do
+    with pytest.raises(KubecertError, match=r"master-3 \(stage 1\) not ready for stage 3"):
+        ready_for(hosts, local_connect, [], True, 3, False)
+    ready_for(hosts, local_connect, [], True, 2, False)  # resuming stage 2: fine
+
+
+def test_the_retired_keys_stamp_moves_to_when_the_restarts_finished(lab: Path) -> None:
+    hosts = _hosts(lab)
+    pair = discover(hosts, local_connect).pair(dt.timedelta(0))
+    for target in (1, 2):
+        _step(lab, "master-1", pair, target)
+    fs = LocalFS(str(lab / "master-1"))
+    stamp = lab / "master-1" / PKI / "sa-old.retired"
+    assert stamp.read_text().strip() == "2026-11-30T12:00:00Z"
+    assert SR.restamp(fs, NOW - dt.timedelta(minutes=5)) is None  # never earlier
+    assert SR.restamp(fs, NOW + dt.timedelta(minutes=3)) == "/etc/kubernetes/pki/sa-old.retired"
+    assert stamp.read_text().strip() == "2026-11-30T12:03:00Z" and stamp.stat().st_mode & 0o777 == 0o600
+    assert discover(hosts, local_connect).old_retired == NOW + dt.timedelta(minutes=3)
+    # the stage stamps the real clock it is given, not the run's (possibly rehearsed) now
+    _step(lab, "master-2", pair, 1)
+    fs2 = LocalFS(str(lab / "master-2"))
+    rotations.apply(fs2, rotations.plan(fs2, now=NOW, stage=2, sa=pair, clock=NOW + dt.timedelta(minutes=7)))
+    assert (lab / "master-2" / PKI / "sa-old.retired").read_text().strip() == "2026-11-30T12:07:00Z"
+    with pytest.raises(KubecertError, match="--sa-grace"):  # and measures the grace on it
+        rotations.plan(fs2, now=NOW + dt.timedelta(days=1), stage=3, sa=replace(pair, grace=dt.timedelta(hours=1)),
+                       clock=NOW + dt.timedelta(minutes=30))

@@ -9,8 +9,11 @@ every gate and served-cert check runs against the real servers.
 from __future__ import annotations
 
 import hashlib
+import re
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Dict, Iterator, Tuple
 
@@ -144,6 +147,40 @@ def test_component_that_never_comes_back_times_out_and_rolls_back(
     node.fail_start("etcd", on=False)
     node.wait_ready(90)
     assert kubecert(node, "verify", "--root", str(root)).returncode == 0
+
+
+def _settled(node: FakeNode, name: str, quiet: float = 5.0, timeout: float = 90.0) -> None:
+    """Until ``name`` has kept the same running container for ``quiet`` seconds."""
+    deadline = time.monotonic() + timeout
+    last, since = node.container_id(name), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now_id = node.container_id(name)
+        if now_id != last or not now_id:
+            last, since = now_id, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+    raise AssertionError(f"{name} kept restarting: {node.log(name)}")
+
+
+def test_a_component_that_dies_right_after_turning_healthy_fails_its_gate(
+        expiring: Tuple[Path, NodePorts, FakeNode]) -> None:
+    """The real etcd restarts, turns healthy, and is killed 12 s after its start (a crash on its first
+    real work): the gate keeps watching for --gate-settle seconds after it first passes, so the renewal
+    fails there and is rolled back (the knob is one shot: the restored etcd lives). etcd: restarted
+    first, and by nothing else (a scheduler or controller-manager also restarts by itself when it
+    loses its lease while the apiserver restarts, which would spend the knob)."""
+    root, ports, node = expiring
+    original = pki_digest(root)
+    _settled(node, "etcd")  # the knob must not be spent on a crash of the node's own start
+    node.die_after("etcd", 12)
+    r = kubecert(node, "renew", "all", "--root", str(root), "--restart", "--yes", "--gate-timeout", "60",
+                 "--gate-settle", "40")
+    assert r.returncode == 4, r.stdout + r.stderr
+    assert re.search(r"healthy, then failing [\d.]+s later \(--gate-settle 40s\)", r.stdout), r.stdout
+    assert "etcd failed" in r.stderr and "healthy on its old certificates" in r.stderr, r.stderr
+    assert pki_digest(root) == original
+    assert ["systemctl", "restart", "kubelet"] not in node.calls()  # stopped at etcd
 
 
 def test_no_rollback_leaves_the_node_for_inspection(expiring: Tuple[Path, NodePorts, FakeNode]) -> None:
@@ -285,3 +322,48 @@ def test_recover_puts_back_a_parked_manifest(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert manifest.exists() and not parked.exists()
     assert "put back parked manifest" in r.stdout
+
+
+def test_a_change_whose_restarts_never_ran_is_restarted_by_the_next_run(
+        expiring: Tuple[Path, NodePorts, FakeNode], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed right after its transaction committed (the last step), `renew --restart` leaves new files
+    on disk and the old certificates in the running components, and a note of what it owed: the next
+    `--restart` run restarts those components even when it has nothing to write (a resumed cluster
+    pass), and clears the note once their gates pass."""
+    import datetime as dt
+    import os
+
+    from kubecert import renew as R
+    from kubecert.facts import detect_profile
+    from kubecert.node.restart import Timeouts, renew_restart
+    from kubecert.store.restarts import pending_restarts
+
+    root, ports, node = expiring
+    learn = Path(shutil.copytree(root, tmp_path / "learn", symlinks=True, ignore=shutil.ignore_patterns("*.sock")))
+    log = tmp_path / "steps"
+    r = subprocess.run([sys.executable, "-m", "kubecert", "renew", "all", "--root", str(learn), "--yes"],
+                       env={**node.env, "KUBECERT_TEST_STEP_LOG": str(log)}, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    steps = log.read_text().splitlines()
+    assert steps[-1].endswith("journal removed"), steps[-1]
+    r = subprocess.run([sys.executable, "-m", "kubecert", "renew", "all", "--root", str(root), "--restart", "--yes"],
+                       env={**node.env, "KUBECERT_TEST_CRASH_AT": str(len(steps))}, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 137, r.stdout + r.stderr
+    fs = LocalFS(str(root))
+    owed = pending_restarts(fs)
+    assert set(owed) >= {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"}, owed
+    assert node.served_fingerprint(ports.apiserver) != disk_fingerprint(root, "apiserver.crt")  # old cert in memory
+
+    for k in ("PATH", "KUBECERT_FAKE_STATE"):
+        monkeypatch.setenv(k, node.env[k])
+    now = dt.datetime.now(dt.timezone.utc)
+
+    def nothing(fs: object, names: object, *, now: dt.datetime, **_: object) -> R.Plan:
+        return R.Plan(str(root), now, 0, detect_profile(fs, gather(fs)), (), ())  # type: ignore[arg-type]
+
+    out = renew_restart(fs, [], now=now, planner=nothing, timeouts=Timeouts(default_gate=90, settle=1))
+    assert out.ok and out.backup is None, out
+    assert [s.component for s in out.first.steps] == [c for c in STATIC + ["kubelet"] if c in owed]
+    assert node.served_fingerprint(ports.apiserver) == disk_fingerprint(root, "apiserver.crt")
+    assert pending_restarts(fs) == () and not os.path.exists(root / "etc/kubernetes/.kubecert/restart-pending.json")

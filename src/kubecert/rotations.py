@@ -28,7 +28,7 @@ def plan(fs: NodeFS, names: object = (), *, now: dt.datetime, stage: int, givens
                            for g in givens]
     if sa is not None:
         plans.append(SR.plan(fs, [SR.NAME], now=now, abort=abort, profile=profile, target=stage, old_fp=sa.old_fp,
-                             new_key=sa.new_key, grace=sa.grace, retired_at=sa.retired_at))
+                             new_key=sa.new_key, grace=sa.grace, retired_at=sa.retired_at, clock=kwargs.get("clock")))
     return merge(fs, now, profile, plans)
 
 

@@ -36,7 +36,7 @@ from .errors import KubecertError, PKIError
 from .facts import detect_profile, gather
 from .rotate import NodeStatus
 from .store import NodeFS, mode_owner
-from .store.txn import Backup, Fault, Transaction, Write, list_backups
+from .store.txn import LOCK, Backup, Fault, Transaction, Write, list_backups
 
 NAME = "sa"
 ACTION = "sa-rotate"
@@ -189,7 +189,8 @@ def _span(d: dt.timedelta) -> str:
 def plan(fs: NodeFS, names: object = (NAME,), *, now: dt.datetime, abort: bool = False,
          grace: dt.timedelta = DEFAULT_GRACE, key_type: Optional[str] = None, new_key: Optional[x509ops.PrivateKey] = None,
          profile: Optional[spec.Profile] = None, target: Optional[int] = None, old_fp: Optional[str] = None,
-         retired_at: Optional[dt.datetime] = None, **_ignored: object) -> R.Plan:
+         retired_at: Optional[dt.datetime] = None, clock: Optional[dt.datetime] = None,
+         **_ignored: object) -> R.Plan:
     """The next stage of the service-account key's rotation on this node (``abort``: the previous
     one), in memory. ``new_key``: stage 1 with the key another control plane made (every control plane
     must trust and sign with the same keys). Raises when the node is not in a state the stage can
@@ -198,7 +199,12 @@ def plan(fs: NodeFS, names: object = (NAME,), *, now: dt.datetime, abort: bool =
     A cluster's rotation (:mod:`kubecert.cluster.sarotate`) names the pair, ``old_fp`` (the SPKI sha256
     of the key every control plane signed with) and ``new_key``, and ``target``: exactly that stage,
     nothing when the node is there already (a resumed pass); ``retired_at``: the latest moment any
-    control plane's leaving key signed a token (the grace counts from the cluster's last switch)."""
+    control plane's leaving key signed a token (the grace counts from the cluster's last switch).
+
+    ``clock``: the real time (``now`` may be a rehearsal's ``--now``): when the node records that a
+    key stopped signing, and what the grace is measured against, so ``--now`` can neither shorten a
+    grace nor stamp a time that blocks later stages."""
+    at = clock or now
     facts = gather(fs)
     profile = profile or detect_profile(fs, facts)
     layout = L.Layout(facts.pki_dir)
@@ -244,7 +250,7 @@ def plan(fs: NodeFS, names: object = (NAME,), *, now: dt.datetime, abort: bool =
         writes.append(Write(path, x509ops.key_pem(key), 0o600, uid=kuid, gid=kgid))
 
     def put_time(path: str) -> None:
-        writes.append(Write(path, _stamp(now), 0o600, uid=kuid, gid=kgid))
+        writes.append(Write(path, _stamp(at), 0o600, uid=kuid, gid=kgid))
 
     def delete(*paths: str) -> None:
         writes.extend(Write(p, delete=True) for p in paths if fs.exists(p))
@@ -268,7 +274,7 @@ def plan(fs: NodeFS, names: object = (NAME,), *, now: dt.datetime, abort: bool =
         """sa.pub holds ``keep`` alone, once the grace for the ``which`` key has passed."""
         # only a drop needs the backups' history (every manifest read)
         switched = _key_switched(fs, keyp)
-        _grace_passed(max((t for t in (retired, switched, retired_at) if t is not None), default=None), now, grace,
+        _grace_passed(max((t for t in (retired, switched, retired_at) if t is not None), default=None), at, grace,
                       which)
         put_pub([keep.public_key()])
         delete(*sides)
@@ -303,6 +309,23 @@ def plan(fs: NodeFS, names: object = (NAME,), *, now: dt.datetime, abort: bool =
     else:  # abort 1 -> 0
         drop(k.signing, k.new_retired, "new", (new_p, new_r), "abort: the new key dropped from sa.pub")
     return R.Plan(fs.root, now, 0, profile, tuple(items), tuple(writes), tuple(warnings))
+
+
+def restamp(fs: NodeFS, when: dt.datetime) -> Optional[str]:
+    """After the restarts of a stage that retired a key (2, or an abort 2 -> 1): the moment the key
+    really stopped signing (the apiserver and controller-manager run on the other one now), later
+    than the stamp the stage wrote before it restarted them; never earlier. -> the file rewritten."""
+    with fs.lock(LOCK):
+        layout = L.Layout(gather(fs).pki_dir)
+        k = read_keys(fs, layout)
+        stage, _ = stage_of(k)
+        _, _, new_r, old_r = side_files(layout)
+        path, stamped = (old_r, k.old_retired) if stage == 2 else (new_r, k.new_retired) if stage == 1 else (None, None)
+        if path is None or stamped is None or stamped >= when:
+            return None
+        mode, uid, gid = mode_owner(fs, path, 0o600)
+        fs.write_atomic(path, _stamp(when), mode, uid=uid, gid=gid)
+        return path
 
 
 def apply(fs: NodeFS, p: R.Plan, *, fault: Optional[Fault] = None) -> Backup:

@@ -432,6 +432,12 @@ class FakeNode:
         """From its next start on, ``name`` exits at once (never healthy); ``on=False`` clears it."""
         self._knob("fail-start", name, on)
 
+    def die_after(self, name: str, seconds: float) -> None:
+        """``name``'s next start runs as usual and is killed ``seconds`` later (one shot)."""
+        path = self.state / "die-after" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{seconds}\n")
+
     def serve_stale(self, name: str, on: bool = True) -> None:
         """From its next start on, ``name`` serves the certificate it first started with."""
         self._knob("stale", name, on)

@@ -31,6 +31,8 @@ whose process exits is started again, with a new id and attempt+1, after 0.3 s (
 by ``docker restart``) restarts a container in place: same id, new process.
 
 Knobs: ``STATE_DIR/fail-start/<container>`` makes each start exit at once;
+``STATE_DIR/die-after/<container>`` (holding N seconds) makes the next start run as usual and be
+killed N seconds later (one shot: "healthy, then crashed on its first real work");
 ``STATE_DIR/stale/<container>`` makes it start with the certificate files it FIRST started with
 (copied to STATE_DIR/snapshots/ on the first start): "restarted, still serving the old cert".
 
@@ -91,6 +93,9 @@ CERT_FLAGS = {
 }
 _GOARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}
 SLEEPER = "import time\nwhile True:\n    time.sleep(3600)\n"
+# argv: SECONDS COMMAND...: run COMMAND, kill it SECONDS later, exit 1 (a crash after a healthy start)
+DIE_AFTER = ("import subprocess, sys, time\np = subprocess.Popen(sys.argv[2:])\ntime.sleep(float(sys.argv[1]))\n"
+             "p.kill()\np.wait()\nsys.stderr.write('fake node: die-after knob: killed\\n')\nsys.exit(1)\n")
 
 
 def _inside(path: str) -> bool:
@@ -205,7 +210,7 @@ class Supervisor:
         self.deleted: Set[str] = set()
         self.pods_changed = True
         self.shutdown: Optional[str] = None
-        for d in ("logs", "requests", "fail-start", "stale", "snapshots"):
+        for d in ("logs", "requests", "fail-start", "die-after", "stale", "snapshots"):
             (state / d).mkdir(parents=True, exist_ok=True)
 
     # ----------------------------------------------------------------------------------- setup
@@ -356,6 +361,14 @@ class Supervisor:
         if (self.state / "fail-start" / name).exists():
             return [sys.executable, "-c",
                     f"import sys; sys.stderr.write('fake node: fail-start knob set for {name}\\n'); sys.exit(1)"]
+        die = self.state / "die-after" / name
+        if die.exists():
+            seconds = float(die.read_text().strip() or "5")
+            die.unlink()  # one shot: the start after it (a rollback's) runs as usual
+            return [sys.executable, "-c", DIE_AFTER, str(seconds), *self._real_argv(name, flags)]
+        return self._real_argv(name, flags)
+
+    def _real_argv(self, name: str, flags: List[str]) -> List[str]:
         if name == "etcd":
             return [etcd_binary(), *flags]
         if name in SERVERS and self.kube_bin is not None:

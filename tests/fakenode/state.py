@@ -7,6 +7,7 @@ Layout of STATE_DIR (``$KUBECERT_FAKE_STATE``)::
     logs/                  each container's stdout+stderr
     requests/restart-<id>  "restart this container in place" (docker restart), for the supervisor
     fail-start/<name>      knob: that component's next start exits at once
+    die-after/<name>       knob (N seconds): its next start is killed N seconds later (one shot)
     stale/<name>           knob: that component restarts with the certificate it first started with
     snapshots/<name>/      those first certificates
     units/<unit>.json      systemd-like units; <unit>.pid, <unit>.log beside them

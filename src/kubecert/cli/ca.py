@@ -235,6 +235,8 @@ def rotate(name: str, root: str, show_status: bool, abort: bool, days: int, sa_g
         _renew_restart(fs, [name], now, kwargs, console, not no_rollback,
                        runtime_setup(cri, strategy, service_manager, restart_commands, gate_timeouts,
                                      restart_timeout), engine=engine)
+        if name == "sa":
+            SR.restamp(fs, real_now())  # the retired key signed its last token before these restarts ended
     else:
         from ..renew import renew as renew_workflow
 

@@ -8,6 +8,7 @@ import click
 
 from .clustertarget import Target, dry_run_plans, inventory_options, roll_out
 from .common import (
+    EXIT_LATER,
     Plain,
     fail,
     handle_errors,
@@ -130,6 +131,7 @@ def cluster_ca_rotate_cmd(name: str, target: Target, show_status: bool, abort: b
     that, the run ends at stage 2 and says when to run `cluster ca rotate sa` again)."""
     from .. import rotate as RT
     from .. import rotations, spec, x509ops
+    from .. import sarotate as SR
     from ..cluster import RunState, inventory_digest
     from ..cluster.rotate import cluster_ca_rotate, discover, start
     from ..cluster.sarotate import discover as sa_discover
@@ -141,8 +143,8 @@ def cluster_ca_rotate_cmd(name: str, target: Target, show_status: bool, abort: b
     connect = target.connector()
     console = Plain()
     cas = list(spec.CA_NAMES) if name == "all" else [] if name == "sa" else [name]
-    wheres = {n: discover(hosts, connect, n) for n in cas}
-    sa = sa_discover(hosts, connect) if include_sa or name == "sa" else None
+    wheres = {n: discover(hosts, connect, n, strict=not show_status) for n in cas}
+    sa = sa_discover(hosts, connect, strict=not show_status) if include_sa or name == "sa" else None
 
     def show(n: str, given: Any) -> None:
         for what, c in (("old", given.old), ("new", given.new)):
@@ -173,7 +175,7 @@ def cluster_ca_rotate_cmd(name: str, target: Target, show_status: bool, abort: b
             else:
                 show_sa(x509ops.spki_sha256(sa.new_key))
                 for node, st in sa.stages.items():
-                    console.print(f"  {node:<16} stage {st} ({RT.STAGES[st] if st >= 0 else 'inconsistent'})")
+                    console.print(f"  {node:<16} stage {st} ({SR.STAGES[st] if st >= 0 else 'inconsistent'})")
                 due = sa.due(False, grace) if sa.stage == 2 else None
                 console.print(f"sa: cluster at stage {sa.stage}" + (f"; the old key may be dropped from "
                                                                      f"{due:%Y-%m-%d %H:%M:%S} UTC" if due else ""))
@@ -203,6 +205,12 @@ def cluster_ca_rotate_cmd(name: str, target: Target, show_status: bool, abort: b
                   ([max(sa.stages.values())] if sa is not None else []))
         targets = ([1] if top >= 2 else []) + [0]
     else:
+        if sa is not None and sa.new_key is not None and wheres and all(w.given is None for w in wheres.values()):
+            # the CAs' rotation is over and the sa key's waits (its grace): finish it, start nothing new
+            console.print("the CAs are not rotating (a rotation that finished?): finishing the service-account key's; "
+                          f"start a new CA rotation with `kubecert cluster ca rotate {name}` once it is done")
+            wheres = {}
+            stages = {"sa": sa.stage}
         givens = [w.given or start(hosts, connect, n, now=now, days=days, **validity) for n, w in wheres.items()]
         targets = list(range(min(stages.values()) + 1, until + 1))
     for g in givens:
@@ -212,7 +220,8 @@ def cluster_ca_rotate_cmd(name: str, target: Target, show_status: bool, abort: b
     if not targets:
         console.print(f"{name}: every node is at stage {min(stages.values())} already; nothing to do")
         return
-    console.print(f"stages to run: {', '.join(f'{t} ({RT.STAGES[t]})' for t in targets)}")
+    names_of = RT.STAGES if givens else SR.STAGES
+    console.print(f"stages to run: {', '.join(f'{t} ({names_of[t]})' for t in targets)}")
     pair = sa.pair(grace) if sa is not None else None
     if dry_run:
         cps = {h.name for h in hosts if h.role not in ("etcd", "worker")}
@@ -230,14 +239,15 @@ def cluster_ca_rotate_cmd(name: str, target: Target, show_status: bool, abort: b
 
     def roll(progress: Any) -> Any:
         run, more = cluster_ca_rotate(hosts, connect, givens, targets, now=now, state=state, abort=abort, sa=pair,
-                                      sa_grace=grace, options=options, timeouts=timeouts,
-                                      progress=progress, days=days, **validity)
+                                      sa_grace=grace, options=options, timeouts=timeouts, progress=progress, days=days,
+                                      min_days=min_days, force_validity=force_validity)
         notes.extend(more)
         return run
 
     run, took = roll_out(console, state, roll)
     for note in notes:
         console.print(note)
-    held = " (sa: see above)" if any(n.startswith("sa:") for n in notes) else ""
-    console.print(f"{name}{' + sa' if include_sa and name != 'sa' else ''}: the run reached stage {targets[-1]} "
-                  f"({RT.STAGES[targets[-1]]}){held}; {took:.1f}s")
+    what = ", ".join(g.name for g in givens) or "sa"
+    console.print(f"{what}: every node at stage {targets[-1]} ({names_of[targets[-1]]}); {took:.1f}s")
+    if any(n.startswith("sa: held") for n in notes):
+        fail("sa: held before its last stage until its grace has passed (see above): run again then", EXIT_LATER)

@@ -7,6 +7,7 @@ command pays only for what it uses.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 import sys
 from typing import Any, Callable, Optional, TypeVar
@@ -19,6 +20,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_OK, EXIT_WARN, EXIT_CRIT = 0, 1, 2
 EXIT_USAGE = 3  # bad input: one-line error, nothing changed
+EXIT_LATER = 75  # EX_TEMPFAIL: done as far as it may go now; run again at the time it says
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdwy]?)\s*$")
 _UNITS = {"": 86400, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
@@ -235,16 +237,30 @@ def runtime_options(fn: F) -> F:
                      help="How long a health gate waits (default 120; repeatable per component)."),
         click.option("--restart-timeout", type=float, default=180.0, show_default=True,
                      help="How long one restart command may take, in seconds."),
+        click.option("--gate-settle", "gate_settle", type=click.FloatRange(0, 3600), default=5.0, show_default=True,
+                     metavar="SECONDS", help="After its gate passes, a component must stay healthy this long (a "
+                     "crash right after start fails the gate; 0: no watch)."),
     ]
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        # kept beside the command's own parameters: runtime_setup reads it
+        click.get_current_context().meta[_SETTLE] = kwargs.pop("gate_settle")
+        return fn(*args, **kwargs)
+
+    out: Any = wrapper
     for o in reversed(opts):
-        fn = o(fn)
-    return fn
+        out = o(out)
+    return out  # type: ignore[no-any-return]
+
+
+_SETTLE = "kubecert.gate_settle"
 
 
 def runtime_setup(cri: Optional[str], strategy: str, service_manager: Optional[str],
                    restart_commands: tuple[str, ...], gate_timeouts: tuple[str, ...],
                    restart_timeout: float) -> Any:
-    from ..node.restart import Timeouts
+    from ..node.restart import DEFAULT_GATE_SETTLE, Timeouts
     from ..node.runtime import Options
 
     commands = {}
@@ -269,7 +285,13 @@ def runtime_setup(cri: Optional[str], strategy: str, service_manager: Optional[s
         else:
             default_gate = seconds
     return (Options(cri=cri, strategy=strategy, service_manager=service_manager, commands=commands),
-            Timeouts(restart=restart_timeout, gates=gates, default_gate=default_gate))
+            Timeouts(restart=restart_timeout, gates=gates, default_gate=default_gate,
+                     settle=_settle(DEFAULT_GATE_SETTLE)))
+
+
+def _settle(default: float) -> float:
+    ctx = click.get_current_context(silent=True)
+    return float(ctx.meta.get(_SETTLE, default)) if ctx is not None else default
 
 
 def progress_printer(console: Any) -> Any:

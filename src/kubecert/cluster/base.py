@@ -67,6 +67,23 @@ def reachable(hosts: Sequence[Any], connect: Connect) -> Iterator[Tuple[Any, Con
             conn.close()
 
 
+def every_node(hosts: Sequence[Any], connect: Connect, strict: bool, what: str) -> Iterator[Tuple[Any, Conn]]:
+    """(host, open connection) for each host, in order; ``strict``: a host that cannot be reached
+    stops the loop with an error naming it and ``what`` needs it (otherwise it is passed over)."""
+    for h in hosts:
+        try:
+            conn = connect(h)
+        except KubecertError as exc:
+            if strict:
+                raise KubecertError(f"{h.name}: cannot be reached ({exc}); {what} is read from every node, so "
+                                    "nothing was changed; bring it back (or fix the inventory) and run again") from exc
+            continue
+        try:
+            yield h, conn
+        finally:
+            conn.close()
+
+
 def is_etcd_member(h: Any) -> bool:
     return h.role == "etcd" or bool(getattr(h, "etcd_member", False))
 

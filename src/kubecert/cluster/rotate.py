@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, replace
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from cryptography import x509
 
@@ -23,8 +23,9 @@ from ..errors import KubecertError, PKIError
 from ..layout import Layout
 from ..node.restart import Timeouts, renew_restart
 from ..node.runtime import Options
-from ..sarotate import DEFAULT_GRACE
-from .base import ClusterRun, Connect, NodeRun, Progress, RunState, _quiet, reachable
+from ..sarotate import DEFAULT_GRACE, restamp
+from ..sarotate import STAGES as SA_STAGES
+from .base import ClusterRun, Connect, NodeRun, Progress, RunState, _quiet, every_node
 from .renew import _cluster_nodes, rolling, rollout_order
 from .sarotate import SaPair, control_planes
 from .sarotate import discover as sa_discover
@@ -56,13 +57,15 @@ def _current(fs: Any, name: str) -> Tuple[Optional[List[x509.Certificate]], Opti
     return certs, key
 
 
-def discover(hosts: Sequence[Any], connect: Connect, name: str) -> Where:
-    """The rotation in progress (from the nodes that keep the CA key) and every node's stage."""
+def discover(hosts: Sequence[Any], connect: Connect, name: str, strict: bool = True) -> Where:
+    """The rotation in progress (from the nodes that keep the CA key) and every node's stage;
+    ``strict``: refused when a node cannot be reached (its stage, or the only copy of the new key,
+    could be there)."""
     pairs: Dict[Tuple[str, str], rotate.Given] = {}
     key_on: List[str] = []
     bundles: List[List[x509.Certificate]] = []
     current_key: Optional[Tuple[x509.Certificate, Any]] = None
-    for h, conn in reachable(hosts, connect):  # each connection closes when the loop moves on
+    for h, conn in every_node(hosts, connect, strict, f"{name}'s rotation"):  # each closes when the loop moves on
         fs = conn.fs()
         certs, key = _current(fs, name)
         if certs is None:
@@ -91,7 +94,7 @@ def discover(hosts: Sequence[Any], connect: Connect, name: str) -> Where:
                 break
     stages: Dict[str, int] = {}
     if given is not None:
-        for h, conn in reachable(hosts, connect):
+        for h, conn in every_node(hosts, connect, strict, f"{name}'s rotation"):
             fs = conn.fs()
             if not fs.exists(Layout().cert(spec.entry(name))):
                 continue
@@ -112,16 +115,37 @@ def start(hosts: Sequence[Any], connect: Connect, name: str, *, now: dt.datetime
                              force_validity=force_validity)
 
 
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def ready_for(hosts: Sequence[Any], connect: Connect, givens: Sequence[rotate.Given], sa: bool, target: int,
+              abort: bool) -> None:
+    """Before a pass to stage ``target``: every node (every control plane, for the sa key) is at most
+    one stage away from it, read from the nodes again (a node that missed a stage, or was passed
+    over, is never skipped past)."""
+    wheres = [(g.name, discover(hosts, connect, g.name).stages) for g in givens]
+    if sa:
+        wheres.append(("sa", sa_discover(hosts, connect).stages))
+    for name, stages in wheres:
+        lagging = [f"{n} (stage {st})" for n, st in stages.items() if st < 0 or
+                   (st > target + 1 if abort else st < target - 1)]
+        if lagging:
+            raise KubecertError(f"{name}: {', '.join(lagging)} not ready for stage {target}; see --status "
+                                "(nothing was changed in this pass)")
+
+
 def cluster_ca_rotate(hosts: Sequence[Any], connect: Connect, givens: Sequence[rotate.Given], targets: Sequence[int], *,
                       now: dt.datetime, state: RunState, abort: bool = False, sa: Optional[SaPair] = None,
                       sa_grace: dt.timedelta = DEFAULT_GRACE, options: Optional[Options] = None,
                       timeouts: Optional[Timeouts] = None, progress: Progress = _quiet,
-                      **plan_kwargs: Any) -> Tuple[ClusterRun, List[str]]:
+                      clock: Callable[[], dt.datetime] = _utcnow, **plan_kwargs: Any) -> Tuple[ClusterRun, List[str]]:
     """Each stage of ``targets`` as one rolling pass over every node, every CA of ``givens`` and, with
     ``sa`` (:meth:`SaWhere.pair`), the service-account key (control planes only) in one transaction per
-    node; stop at the first failure (that node is rolled back to where the stage found it). The service-account key's
-    drop waits for its grace, counted from the last control plane's switch: until then the pass goes
-    on without it, and a note says when to finish it. -> (the run, notes)."""
+    node; stop at the first failure (that node is rolled back to where the stage found it). The
+    service-account key's drop waits for its grace, counted on the real ``clock`` from the moment the
+    last control plane's restarts finished: until then the pass goes on without it, and a note says
+    when to finish it. -> (the run, notes)."""
     runs: List[NodeRun] = []
     notes: List[str] = []
     pair = sa
@@ -129,28 +153,36 @@ def cluster_ca_rotate(hosts: Sequence[Any], connect: Connect, givens: Sequence[r
     for target in targets:
         if pair is not None and target == (0 if abort else 3):
             due = sa_discover(hosts, connect).due(abort, sa_grace)  # as the last control plane left it
-            if due is not None and now < due:
-                last = due - sa_grace
-                notes.append(f"sa: the {'new' if abort else 'old'} key signed tokens until {last:%Y-%m-%d %H:%M:%S} UTC; "
-                             f"it can be dropped from {due:%Y-%m-%d %H:%M:%S} UTC: run `kubecert cluster ca rotate sa"
+            if due is not None and clock() < due:
+                notes.append(f"sa: held at stage {1 if abort else 2}: the {'new' if abort else 'old'} key signed "
+                             f"tokens until {due - sa_grace:%Y-%m-%d %H:%M:%S} UTC; it can be dropped from "
+                             f"{due:%Y-%m-%d %H:%M:%S} UTC: run `kubecert cluster ca rotate sa"
                              f"{' --abort' if abort else ''}` then")
                 pair, names = None, [g.name for g in givens]
             elif pair is not None:
                 pair = replace(pair, retired_at=due - sa_grace if due else None)
         if not names:
             break
+        ready_for(hosts, connect, givens, pair is not None, target, abort)
         label = f"{'abort' if abort else 'rotate'} {'+'.join(names)} -> stage {target}"
         if state.stage != label:
             state.stage, state.done = label, []
-        progress("cluster", "stage", f"{label} ({rotate.STAGES[target]})")
+        what = rotate.STAGES[target] if givens else SA_STAGES[target]
+        progress("cluster", "stage", f"{label} ({what})")
 
         def node(h: Any, conn: Any, node_progress: Any, verifier: Any, _t: int = target, _sa: Any = pair,
                  _names: List[str] = names) -> Any:
             on_sa = _sa if h in control_planes(hosts) else None
-            return renew_restart(conn.fs(), _names, now=now, options=options, timeouts=timeouts, rollback=True,
-                                 progress=node_progress, runner=conn.run, verifier_factory=verifier,
-                                 planner=rotations.plan, applier=rotations.apply, givens=givens, sa=on_sa, stage=_t,
-                                 abort=abort, **plan_kwargs)
+            fs = conn.fs()
+            outcome = renew_restart(fs, _names, now=now, options=options, timeouts=timeouts, rollback=True,
+                                    progress=node_progress, runner=conn.run, verifier_factory=verifier,
+                                    planner=rotations.plan, applier=rotations.apply, givens=givens, sa=on_sa,
+                                    stage=_t, abort=abort, **{**plan_kwargs, "clock": clock()})
+            if on_sa is not None and outcome.ok and _t == (1 if abort else 2):
+                stamped = restamp(fs, clock())  # the leaving key signed until the restarts just done
+                if stamped:
+                    node_progress("sa", f"the retired key's last token: now ({fs.display(stamped)})")
+            return outcome
 
         order = rollout_order(hosts) if givens else control_planes(rollout_order(hosts))
         stage_runs, stopped = rolling(hosts, order, connect, state=state, now=now, progress=progress, renew_node=node)

@@ -21,7 +21,7 @@ from .. import x509ops
 from ..errors import PKIError
 from ..facts import gather
 from ..layout import Layout
-from .base import Connect, reachable
+from .base import Connect, every_node
 
 
 def control_planes(hosts: Sequence[Any]) -> List[Any]:
@@ -73,11 +73,13 @@ class SaWhere:
         return None if retired is None else retired + grace
 
 
-def discover(hosts: Sequence[Any], connect: Connect) -> SaWhere:
+def discover(hosts: Sequence[Any], connect: Connect, strict: bool = True) -> SaWhere:
     """The rotation in progress on the control planes, and every one's stage. Refuses control planes
-    that rotate to different keys, or sign with different keys when none rotates."""
+    that rotate to different keys, or sign with different keys when none rotates, and (``strict``)
+    a control plane that cannot be reached: the stages to run, and whether a key exists already, can
+    only be read from all of them."""
     keys: Dict[str, SR.Keys] = {}
-    for h, conn in reachable(control_planes(hosts), connect):
+    for h, conn in every_node(control_planes(hosts), connect, strict, "the service-account key's rotation"):
         fs = conn.fs()
         keys[h.name] = SR.read_keys(fs, Layout(gather(fs).pki_dir))
     if not keys:

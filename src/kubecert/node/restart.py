@@ -18,11 +18,16 @@ from ..errors import KubecertError
 from ..recovery import recover_node
 from ..rollback import rollback_unlocked
 from ..store import NodeFS
+from ..store.restarts import clear_pending as _clear_pending
+from ..store.restarts import mark_pending as _mark_pending
+from ..store.restarts import pending_restarts
 from ..store.txn import LOCK, Backup, Fault
 from .runtime import Choice, Options, RestartResult, Runner, choose
 from .verify import Check, GateResult, Verifier
 
 DEFAULT_GATE_TIMEOUT = 120.0
+# a component must stay healthy this long after its gate first passes (a crash on first use, a crash loop)
+DEFAULT_GATE_SETTLE = 5.0
 DEFAULT_RESTART_TIMEOUT = 180.0
 
 Progress = Callable[[str, str], None]  # (component, message)
@@ -59,6 +64,7 @@ class Timeouts:
     restart: float = DEFAULT_RESTART_TIMEOUT
     gates: Dict[str, float] = field(default_factory=dict)
     default_gate: float = DEFAULT_GATE_TIMEOUT
+    settle: float = DEFAULT_GATE_SETTLE
 
     def gate(self, component: str) -> float:
         return self.gates.get(component, self.default_gate)
@@ -86,7 +92,7 @@ def restart_in_order(verifier: Verifier, choices: Dict[str, Choice], components:
         if r.ok:
             progress(c, "waiting for health")
             if c in verifier.endpoints and (verifier.gated is None or c in verifier.gated):
-                gate = verifier.gate(c, timeouts.gate(c))
+                gate = verifier.gate(c, timeouts.gate(c), settle=timeouts.settle)
             else:  # e.g. the kubelet with healthz disabled: the restart result is all there is
                 gate = GateResult(c, True, (Check(c, "health", "-", True, "no health endpoint on this node; "
                                                   "relying on the restart result", 0.0),), 0.0, 0)
@@ -136,20 +142,32 @@ def renew_restart(fs: NodeFS, names: Sequence[str], *, now: dt.datetime, options
         recovered = recover_node(fs, now)
         p = planner(fs, names, now=now, **plan_kwargs)
         verifier = verifier_factory(fs) if verifier_factory else Verifier(fs)
-        components = [c for c in p.components if _runs_here(fs, c, verifier)]
+        pending = pending_restarts(fs)  # a change made by a run that died before its restarts finished
+        wanted = ordered(sorted(set(p.components) | set(pending)))
+        components = [c for c in wanted if _runs_here(fs, c, verifier)]
         # choose adapters before touching anything: a node we cannot restart is refused unchanged
         choices = choose(fs, verifier.facts, components, options, runner)
-        if not p.writes:
+        if not p.writes and not components:
+            _clear_pending(fs, pending)
             return Outcome(p, None, Sequence_(()), recovered=recovered)
-        backup = applier(fs, p, fault=fault)
-        progress("", f"renewed {len(p.renewed)} item(s); backup {backup.id}")
+        backup: Optional[Backup] = None
+        if p.writes:
+            _mark_pending(fs, components, now)  # before the change: a crash after it still restarts
+            backup = applier(fs, p, fault=fault)
+            progress("", f"renewed {len(p.renewed)} item(s); backup {backup.id}")
+        else:
+            progress("", f"nothing to write; restarting what an interrupted run left: {', '.join(components)}")
         first = restart_in_order(verifier, choices, components, timeouts, progress)
-        if first.ok or not rollback:
+        if first.ok or not rollback or backup is None:
+            if first.ok:
+                _clear_pending(fs, components)
             return Outcome(p, backup, first, recovered=recovered)
         failed = first.failed
         progress("", f"{failed.component if failed else '?'} failed: restoring backup {backup.id}")
         rollback_unlocked(fs, backup.id, now=now, force=True)  # our own change, just made
         again = restart_in_order(verifier, choices, [s.component for s in first.steps], timeouts, progress)
+        if again.ok:
+            _clear_pending(fs, components)
         return Outcome(p, backup, first, True, again, recovered)
 
 

@@ -11,7 +11,7 @@ checks the new files.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .. import layout as L
@@ -194,8 +194,10 @@ class Verifier:
         return len(members), bad
 
     def gate(self, component: str, timeout: float, interval: float = 1.0,
-             on_attempt: Optional[Callable[[int, List[Check]], None]] = None) -> GateResult:
-        """Check until everything passes or ``timeout`` seconds pass."""
+             on_attempt: Optional[Callable[[int, List[Check]], None]] = None, settle: float = 0.0) -> GateResult:
+        """Check until everything passes or ``timeout`` seconds pass; then, for ``settle`` seconds, keep
+        checking: a component that turns healthy and dies right after (a crash on its first real work,
+        a crash loop) fails the gate instead of passing it."""
         start = time.monotonic()
         attempts = 0
         while True:
@@ -206,8 +208,23 @@ class Verifier:
             ok = all(c.ok for c in checks)
             elapsed = time.monotonic() - start
             if ok or elapsed + interval > timeout:
-                return GateResult(component, ok, tuple(checks), elapsed, attempts)
+                break
             time.sleep(interval)
+        if not ok or settle <= 0:
+            return GateResult(component, ok, tuple(checks), elapsed, attempts)
+        healthy_at = time.monotonic()
+        while time.monotonic() - healthy_at < settle:
+            time.sleep(interval)
+            attempts += 1
+            checks = self.check(component)
+            if on_attempt:
+                on_attempt(attempts, checks)
+            if not all(c.ok for c in checks):
+                after = time.monotonic() - healthy_at
+                checks = [c if c.ok else replace(c, detail=f"healthy, then failing {after:.1f}s later (--gate-settle "
+                                                            f"{settle:g}s): {c.detail}") for c in checks]
+                return GateResult(component, False, tuple(checks), time.monotonic() - start, attempts)
+        return GateResult(component, True, tuple(checks), time.monotonic() - start, attempts)
 
 
 def verify(fs: NodeFS, components: Optional[Sequence[str]] = None, timeout: float = 5.0) -> List[Check]:
