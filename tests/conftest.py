@@ -134,9 +134,11 @@ def assert_no_traceback(*streams: str) -> None:
 # network-namespace cluster under load and count failed requests share one group: at most one such
 # cluster runs at a time. The longest units start first (FIRST, measured with --durations), so that
 # neither worker is left with a long file at the end while the other idles.
-SERIAL_GROUPS = {"test_netns_cluster.py": "netns-cluster", "test_netns_recover.py": "netns-cluster"}
-FIRST = ("test_netns_cluster.py", "test_netns_recover.py", "test_real_control_plane.py", "test_restart.py",
-         "test_ca_rotate_real.py", "test_fakenode.py", "test_renew_real.py", "test_ca_renew_real.py")
+SERIAL_GROUPS = {"test_netns_cluster.py": "netns-cluster", "test_netns_recover.py": "netns-cluster",
+                 "test_ansible.py": "netns-cluster"}  # Ansible's plays run against a netns lab too
+FIRST = ("test_netns_cluster.py", "test_netns_recover.py", "test_ansible.py", "test_real_control_plane.py",
+         "test_restart.py", "test_ca_rotate_real.py", "test_fakenode.py", "test_dist.py", "test_renew_real.py",
+         "test_ca_renew_real.py")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups

@@ -438,7 +438,7 @@ def test_ini_syntax(tmp_path: Path) -> None:
         cp1:2201 ansible_ssh_private_key_file="/keys/cp 1.pem" ansible_become=True
         cp2 ansible_host=cp2.example ansible_port=2202   # ip=10.0.0.2
         [kube_control_plane:vars]
-        ansible_user = admin   # inline comment
+        ansible_user = admin
         kubecert_root = "/srv/node#1"
         """)
     assert hosts == [
@@ -446,6 +446,28 @@ def test_ini_syntax(tmp_path: Path) -> None:
              root="/srv/node#1"),
         Host("cp2", "cp2.example", "control-plane", user="admin", port=2202, root="/srv/node#1"),
     ]
+
+
+def test_ini_group_vars_keep_what_follows_the_equals_sign(tmp_path: Path) -> None:
+    """In [group:vars] Ansible takes the whole rest of the line (a Python literal when it is one): an
+    inline `# comment` is part of the value, so kubecert must not log in as the part before it (this
+    test once expected `admin`; ansible-inventory says `admin   # inline comment`)."""
+    msg = error(tmp_path, "hosts", """
+        [kube_control_plane]
+        cp1
+        [kube_control_plane:vars]
+        ansible_user = admin   # inline comment
+        """)
+    assert msg == ":4: host cp1: ansible_user 'admin   # inline comment' contains whitespace"
+    hosts = load(tmp_path, "hosts2", """
+        [kube_control_plane]
+        cp1
+        [kube_control_plane:vars]
+        ansible_user = 'admin'
+        ansible_port = 0x8ae
+        ansible_become = True
+        """)
+    assert (hosts[0].user, hosts[0].port, hosts[0].sudo) == ("admin", 2222, True)
 
 
 def test_ini_windows_file_with_bom(tmp_path: Path) -> None:

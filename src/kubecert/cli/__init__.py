@@ -31,6 +31,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import click
 
 from .. import __version__
+from ..buildinfo import describe as describe_build
 from .common import EXIT_USAGE, fail
 
 EXIT_INTERNAL = 70
@@ -52,6 +53,7 @@ COMMANDS: Dict[str, str] = {
     "timer": "timer:timer",
     "exporter": "exporter:exporter",
     "report": "report:report",
+    "completion": "completion:completion",
 }
 
 
@@ -72,7 +74,7 @@ class _LazyGroup(click.Group):
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="kubecert")
+@click.version_option(__version__, prog_name="kubecert", message=f"%(prog)s %(version)s ({describe_build()})")
 def cli() -> None:
     """Keep the certificates of kubeadm clusters alive, offline."""
 

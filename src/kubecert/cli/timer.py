@@ -25,9 +25,12 @@ def timer() -> None:
 
 
 def default_command() -> Tuple[str, ...]:
-    """How the timer runs this kubecert: the console script beside this Python, else the one on PATH,
-    else this Python with -m kubecert (all absolute)."""
+    """How the timer runs this kubecert: the single-file executable itself, else the console script
+    beside this Python, else the one on PATH, else this Python with -m kubecert (all absolute)."""
     import shutil
+
+    if getattr(sys, "frozen", False):  # the single file: sys.executable is the binary
+        return (os.path.abspath(sys.executable),)
 
     beside = os.path.join(os.path.dirname(sys.executable), "kubecert")
     if os.path.isfile(beside) and os.access(beside, os.X_OK):

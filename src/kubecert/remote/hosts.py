@@ -3,10 +3,16 @@
 Reads kubecert's own YAML inventory and the Ansible inventories operators already keep (INI or YAML,
 with kubespray's group names recognised by default). Pure parsing: nothing here touches the network.
 
-Ansible semantics followed: ranges in host names (``node[01:03]``, ``[a:c]``, ``[1:9:2]``), groups
-nested with ``children``, variable precedence host > group (deeper group over its parents, then
-``ansible_group_priority``, then name) > ``all``, the address defaulting to the inventory hostname,
-and ``{{ var }}`` references to plain variables (anything richer in Jinja is refused, not guessed).
+Ansible semantics followed (and checked against ansible-core itself by tests/test_inventory_parity.py):
+ranges in host names (``node[01:03]``, ``[a:c]``, ``[1:9:2]``), groups nested with ``children``, INI
+values read as Python literals (``ansible_become=True`` is a bool, ``'x'`` a string; no inline comment in
+``[group:vars]``), the ``group_vars/`` and ``host_vars/`` directories beside the inventory file, variable
+precedence as Ansible's (low to high: inventory ``all`` vars, other groups' inventory vars - deeper group
+over its parents, then ``ansible_group_priority``, then name -, ``group_vars/all``, ``group_vars/<group>``
+in the same order, the host's inventory vars, ``host_vars/<host>``), the ``ansible_ssh_*`` spelling
+winning over the plain one (``ansible_ssh_user`` over ``ansible_user``, as Ansible's ssh connection),
+Ansible's booleans for ``ansible_become``, the address defaulting to the inventory hostname, and
+``{{ var }}`` references to plain variables (anything richer in Jinja is refused, not guessed).
 
 What an inventory may cost is bounded, each limit a one-line :class:`ConfigError`: the file is a
 regular file of at most :data:`kubecert.yamlsafe.MAX_BYTES` bytes (YAML also at most
@@ -18,13 +24,14 @@ value at most :data:`MAX_RENDERED` characters once its ``{{ var }}`` references 
 
 from __future__ import annotations
 
+import ast
 import os
 import posixpath
 import re
 import shlex
 import stat
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple, Union
 
 import yaml
 
@@ -79,26 +86,54 @@ def load_inventory(path: str, *, cp_group: Optional[str] = None, etcd_group: Opt
     Raises :class:`ConfigError` naming the file, and the line and host where there is one.
     """
     src = _Src(path)
+    parsed = _parse(path, src)
+    if not isinstance(parsed, _Inventory):
+        data, doc = parsed
+        if cp_group is not None or etcd_group is not None or worker_group is not None:
+            raise src.error("--cp-group/--etcd-group/--worker-group apply to Ansible inventories; this "
+                            "kubecert inventory gives each host's role")
+        return _order(_kubecert_hosts(data, doc, src), src)
+    return _order(_ansible_hosts(parsed, src, cp_group, etcd_group, worker_group, _VarsDirs(path)), src)
+
+
+def ansible_groups(path: str) -> Dict[str, List[str]]:
+    """Every group of an Ansible inventory (INI or YAML) that has hosts, but ``all``: its hosts, those
+    of its children included, sorted; ``ungrouped`` as Ansible has it (the hosts in no other group).
+    What ``ansible-inventory --list`` says, for the parity test and for tools that pick hosts by group.
+    Raises :class:`ConfigError` for a kubecert inventory (it has roles, not groups)."""
+    src = _Src(path)
+    inv = _parse(path, src)
+    if not isinstance(inv, _Inventory):
+        raise src.error("a kubecert inventory has roles, not Ansible groups")
+    tree = _Tree(inv, src)
+    out = {}
+    for name in inv.groups:
+        if name == "all":
+            continue
+        members = tree.hosts(name)
+        if name == "ungrouped":  # Ansible drops from `ungrouped` a host that some other group lists
+            members = [h for h in inv.host_vars if not set(tree.direct.get(h, [])) - {"all", "ungrouped"}]
+        if members:
+            out[name] = sorted(members)
+    return out
+
+
+def _parse(path: str, src: _Src) -> Union[_Inventory, Tuple[Dict[Any, Any], _Doc]]:
+    """An Ansible inventory's model, or a kubecert inventory's document (and its lines)."""
     text = _read(path)
     if _INI_SECTION.search(text):
-        inv = _parse_ini(text, src)
-    else:
-        data, doc = _load_yaml(text, src)
-        if data is None:
-            raise src.error("empty inventory: no hosts")
-        if isinstance(data, str):  # bare host lines: an INI inventory without sections
-            inv = _parse_ini(text, src)
-        elif not isinstance(data, dict):
-            raise src.error("not an inventory: expected a kubecert `hosts:` list, Ansible groups (YAML) "
-                            "or [group] sections (INI)", doc.line_of(data) or 1)
-        elif _is_kubecert(data):
-            if cp_group is not None or etcd_group is not None or worker_group is not None:
-                raise src.error("--cp-group/--etcd-group/--worker-group apply to Ansible inventories; this "
-                                "kubecert inventory gives each host's role")
-            return _order(_kubecert_hosts(data, doc, src), src)
-        else:
-            inv = _parse_ansible_yaml(data, doc, src)
-    return _order(_ansible_hosts(inv, src, cp_group, etcd_group, worker_group), src)
+        return _parse_ini(text, src)
+    data, doc = _load_yaml(text, src)
+    if data is None:
+        raise src.error("empty inventory: no hosts")
+    if isinstance(data, str):  # bare host lines: an INI inventory without sections
+        return _parse_ini(text, src)
+    if not isinstance(data, dict):
+        raise src.error("not an inventory: expected a kubecert `hosts:` list, Ansible groups (YAML) "
+                        "or [group] sections (INI)", doc.line_of(data) or 1)
+    if _is_kubecert(data):
+        return data, doc
+    return _parse_ansible_yaml(data, doc, src)
 
 
 def _order(hosts: Sequence[Host], src: _Src) -> List[Host]:
@@ -228,6 +263,30 @@ def _construct_map(loader: _LineLoader, node: yaml.MappingNode) -> Iterator[Dict
 _LineLoader.add_constructor("tag:yaml.org,2002:map", _construct_map)
 
 
+class _Tagged:
+    """A YAML value with an application tag (Ansible's ``!vault``, ``!unsafe``): kept as unreadable, so
+    a vaulted variable kubecert does not need costs nothing, and one it needs is refused by name."""
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+
+    def __repr__(self) -> str:
+        return f"a {self.tag} value (kubecert does not decrypt or evaluate it; give the value in clear)"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Tagged) and other.tag == self.tag
+
+    def __hash__(self) -> int:
+        return hash(self.tag)
+
+
+def _construct_tagged(loader: _LineLoader, suffix: str, node: yaml.Node) -> _Tagged:
+    return _Tagged(node.tag)
+
+
+_LineLoader.add_multi_constructor("!", _construct_tagged)
+
+
 @dataclass
 class _Doc:
     """Line numbers of a loaded YAML document (by object identity: the document must stay alive)."""
@@ -289,14 +348,14 @@ def _port(value: object, what: str, w: _Where) -> int:
 _DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII digits only, and never more than int() takes quickly
 
 
-_TRUE = {"true", "yes", "on", "1", "y"}
-_FALSE = {"false", "no", "off", "0", "n"}
+_TRUE = {"true", "yes", "on", "1", "y", "t"}  # ansible.module_utils.parsing.convert_bool
+_FALSE = {"false", "no", "off", "0", "n", "f"}
 
 
 def _bool(value: object, what: str, w: _Where) -> bool:
     if isinstance(value, bool):
         return value
-    if isinstance(value, int) and value in (0, 1):
+    if isinstance(value, (int, float)) and value in (0, 1):
         return bool(value)
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
         return value.strip().lower() in _TRUE
@@ -429,6 +488,7 @@ def _kubecert_hosts(data: Dict[Any, Any], doc: _Doc, src: _Src) -> List[Host]:
 class _Var(NamedTuple):
     value: object
     line: Optional[int]
+    path: Optional[str] = None  # the group_vars/ or host_vars/ file it came from; None: the inventory
 
 
 @dataclass
@@ -541,13 +601,14 @@ def _host_pattern(pattern: str, line: Optional[int], src: _Src) -> Tuple[List[st
 
 # ---------------------------------------------------------------------------------------- Ansible INI
 
-_INI_SECTION = re.compile(r"^\[[^\[\]\s]+\][ \t]*(?:[#;].*)?$", re.M)
-_SECTION = re.compile(r"\[([^\[\]\s]+)\]\s*(?:[#;].*)?")
+_INI_SECTION = re.compile(r"^\[[^\[\]\s]+\][ \t]*(?:#.*)?$", re.M)
+_SECTION = re.compile(r"\[([^\[\]\s]+)\]\s*(?:#.*)?")  # Ansible: only `#` after a header
 _GROUP_NAME = re.compile(r"[^\s\[\]:=#;]+")
 
 
 def _strip_comment(value: str) -> str:
-    """Cut an inline ``#``/``;`` comment that follows whitespace outside quotes."""
+    """Cut an inline ``#`` comment that follows whitespace outside quotes (Ansible's group-name pattern
+    takes ``#`` comments after a child group, not ``;``)."""
     quote = ""
     for i, c in enumerate(value):
         if quote:
@@ -555,15 +616,18 @@ def _strip_comment(value: str) -> str:
                 quote = ""
         elif c in "'\"":
             quote = c
-        elif c in "#;" and (i == 0 or value[i - 1].isspace()):
+        elif c == "#" and (i == 0 or value[i - 1].isspace()):
             return value[:i].rstrip()
     return value
 
 
-def _unquote(value: str) -> str:
-    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-        return value[1:-1]
-    return value
+def _ini_value(text: str) -> object:
+    """An INI value as Ansible's ini plugin reads it (``_parse_value``): a Python literal when it is one
+    (``True``, ``2222``, ``'a b'``, ``[1, 2]``), else the text as it stands."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text
 
 
 def _parse_ini(text: str, src: _Src) -> _Inventory:
@@ -597,13 +661,14 @@ def _parse_ini(text: str, src: _Src) -> _Inventory:
                 k, eq, v = token.partition("=")
                 if not eq or not k:
                     raise src.error(f"expected key=value after host {tokens[0]!r}, got {token!r}", lineno)
-                hvars[k] = _Var(v, lineno)
+                hvars[k] = _Var(_ini_value(v), lineno)
             inv.add_hosts(group, names, lineno, hvars, src)
         elif kind == "vars":
             k, eq, v = line.partition("=")
             if not eq or not k.strip():
                 raise src.error(f"expected key=value in [{group}:vars], got {line!r}", lineno)
-            inv.group(group, lineno).vars[k.strip()] = _Var(_unquote(_strip_comment(v.strip())), lineno)
+            # Ansible keeps an inline comment here as part of the value: so must kubecert
+            inv.group(group, lineno).vars[k.strip()] = _Var(_ini_value(v.strip()), lineno)
         else:
             child = _strip_comment(line)
             if not _GROUP_NAME.fullmatch(child):
@@ -671,6 +736,79 @@ def _yaml_group(inv: _Inventory, name: str, body: object, line: Optional[int], p
                             doc.key_line(body, "children"))
         for child, child_body in children.items():
             _yaml_group(inv, _str(child), child_body, doc.key_line(children, child), name, doc, src, depth + 1)
+
+
+# ---------------------------------------------------------------------------------------- group_vars/, host_vars/
+
+_VARS_EXTENSIONS = (".yml", ".yaml", ".json")  # Ansible's YAML_FILENAME_EXTENSIONS
+MAX_VARS_FILES = 10_000  # files read from group_vars/ and host_vars/
+
+
+class _VarsDirs:
+    """``group_vars/`` and ``host_vars/`` beside an inventory file, read as Ansible's host_group_vars
+    plugin reads them: for NAME the first that exists of ``NAME`` (a file, or a directory read whole),
+    ``NAME.yml``, ``NAME.yaml``, ``NAME.json``; in a directory every file, sorted and recursively, with
+    no extension or one of those (hidden files and ``~`` backups skipped); a later file's variables
+    replace an earlier one's. Read only for the hosts kubecert reaches, each file once."""
+
+    def __init__(self, inventory: str) -> None:
+        self.base = os.path.dirname(os.path.abspath(inventory))
+        self.listing: Dict[str, Set[str]] = {}
+        self.cache: Dict[Tuple[str, str], Dict[str, _Var]] = {}
+        self.files = 0
+
+    def vars(self, kind: str, name: str) -> Dict[str, _Var]:
+        if (kind, name) not in self.cache:
+            self.cache[kind, name] = self._vars(kind, name)
+        return self.cache[kind, name]
+
+    def _vars(self, kind: str, name: str) -> Dict[str, _Var]:
+        folder = os.path.join(self.base, kind)
+        if kind not in self.listing:
+            try:
+                self.listing[kind] = set(os.listdir(folder)) if os.path.isdir(folder) else set()
+            except OSError as e:
+                raise ConfigError(f"{_printable(folder)}: cannot list it: {e.strerror}") from None
+        if "/" in name or name in (".", ".."):
+            return {}
+        for candidate in (name, *(name + ext for ext in _VARS_EXTENSIONS)):
+            if candidate in self.listing[kind]:
+                path = os.path.join(folder, candidate)
+                merged: Dict[str, _Var] = {}
+                for file in self._walk(path, 0) if os.path.isdir(path) else [path]:
+                    merged.update(self._load(file))
+                return merged
+        return {}
+
+    def _walk(self, folder: str, depth: int) -> List[str]:
+        if depth > MAX_GROUP_DEPTH:
+            raise ConfigError(f"{_printable(folder)}: directories nested deeper than {MAX_GROUP_DEPTH}")
+        try:
+            entries = sorted(os.listdir(folder))
+        except OSError as e:
+            raise ConfigError(f"{_printable(folder)}: cannot list it: {e.strerror}") from None
+        found: List[str] = []
+        for entry in entries:
+            if entry.startswith(".") or entry.endswith("~"):
+                continue
+            path, ext = os.path.join(folder, entry), os.path.splitext(entry)[1]
+            if os.path.isdir(path) and not ext:
+                found += self._walk(path, depth + 1)
+            elif os.path.isfile(path) and (not ext or ext in _VARS_EXTENSIONS):
+                found.append(path)
+        return found
+
+    def _load(self, path: str) -> Dict[str, _Var]:
+        self.files += 1
+        if self.files > MAX_VARS_FILES:
+            raise ConfigError(f"{_printable(path)}: more than {MAX_VARS_FILES} files in group_vars/ and host_vars/")
+        src = _Src(path)
+        data, doc = _load_yaml(_read(path), src)
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise src.error(f"expected a mapping of variables, not {_show(data)}", doc.line_of(data) or 1)
+        return {_str(k): _Var(v, doc.key_line(data, k), path) for k, v in data.items()}
 
 
 # ---------------------------------------------------------------------------------------- Ansible -> hosts
@@ -742,14 +880,22 @@ def _priority(group: _Group, src: _Src) -> int:
     raise src.error(f"group {group.name}: ansible_group_priority {_show(var.value)} is not a number", var.line)
 
 
-def _host_vars(tree: _Tree, host: str, src: _Src) -> Dict[str, _Var]:
-    """Ansible's precedence: all < parent groups < child groups (then priority, name) < host."""
+def _host_vars(tree: _Tree, host: str, src: _Src, dirs: Optional[_VarsDirs] = None) -> Dict[str, _Var]:
+    """Ansible's precedence (its VARIABLE_PRECEDENCE default, then the host's): the inventory's group
+    vars (all < parent groups < child groups, then priority, then name) < group_vars/ files in the same
+    order (group_vars/all too beats every group's vars in the inventory) < the host's inventory vars <
+    host_vars/ files."""
     groups = [tree.inv.groups[g] for g in tree.groups_of(host)]
-    groups.sort(key=lambda g: (tree.depth[g.name], _priority(g, src), g.name))
+    groups.sort(key=lambda g: (tree.depth[g.name], _priority(g, src), g.name))  # `all` first: depth 0
     merged: Dict[str, _Var] = {}
     for g in groups:
         merged.update(g.vars)
+    if dirs is not None:
+        for g in groups:
+            merged.update(dirs.vars("group_vars", g.name))
     merged.update(tree.inv.host_vars[host])
+    if dirs is not None:
+        merged.update(dirs.vars("host_vars", host))
     return merged
 
 
@@ -900,14 +1046,15 @@ def _ansible_host(name: str, role: str, etcd_member: bool, hvars: Dict[str, _Var
         if found is None:
             return default, names[0], _Where(src, line, name)
         what, var = found
-        w = _Where(src, var.line or line, name)
+        w = _Where(_Src(var.path), var.line, name) if var.path else _Where(src, var.line or line, name)
         return _render(var, what, hvars, name, w), what, w
 
-    address, a_what, a_w = get("ansible_host", "ansible_ssh_host", default=name)
-    user, u_what, u_w = get("ansible_user", "ansible_ssh_user", "ansible_ssh_user_name", default="root")
-    port, p_what, p_w = get("ansible_port", "ansible_ssh_port", default=22)
+    # the ansible_ssh_* spelling first: Ansible's MAGIC_VARIABLE_MAPPING (and its ssh plugin) let it win
+    address, a_what, a_w = get("ansible_ssh_host", "ansible_host", default=name)
+    user, u_what, u_w = get("ansible_ssh_user", "ansible_user", default="root")
+    port, p_what, p_w = get("ansible_ssh_port", "ansible_port", default=22)
     key, k_what, k_w = get("ansible_ssh_private_key_file", "ansible_private_key_file")
-    sudo, s_what, s_w = get("ansible_become", "ansible_sudo", default=False)
+    sudo, s_what, s_w = get("ansible_become", default=False)  # ansible_sudo: gone from Ansible, ignored
     root, r_what, r_w = get("kubecert_root", default="/")
     jump: Optional[str] = None
     for var_name in ("ansible_ssh_common_args", "ansible_ssh_extra_args"):
@@ -936,7 +1083,7 @@ def _real_groups(inv: _Inventory) -> str:
 
 
 def _ansible_hosts(inv: _Inventory, src: _Src, cp_group: Optional[str], etcd_group: Optional[str],
-                   worker_group: Optional[str] = None) -> List[Host]:
+                   worker_group: Optional[str] = None, dirs: Optional[_VarsDirs] = None) -> List[Host]:
     tree = _Tree(inv, src)
     for flag, named in (("--cp-group", cp_group), ("--etcd-group", etcd_group), ("--worker-group", worker_group)):
         if named is not None and named not in inv.groups:
@@ -966,10 +1113,10 @@ def _ansible_hosts(inv: _Inventory, src: _Src, cp_group: Optional[str], etcd_gro
     _check_limits(len(etcd_only) + len(cps), len(workers), src)  # before the work per host
     hosts: List[Host] = []
     for name in etcd_only:
-        hosts.append(_ansible_host(name, ETCD, True, _host_vars(tree, name, src), inv.host_lines[name], src))
+        hosts.append(_ansible_host(name, ETCD, True, _host_vars(tree, name, src, dirs), inv.host_lines[name], src))
     for name in cps:
-        hosts.append(_ansible_host(name, CONTROL_PLANE, name in members, _host_vars(tree, name, src),
+        hosts.append(_ansible_host(name, CONTROL_PLANE, name in members, _host_vars(tree, name, src, dirs),
                                    inv.host_lines[name], src))
     for name in workers:
-        hosts.append(_ansible_host(name, WORKER, False, _host_vars(tree, name, src), inv.host_lines[name], src))
+        hosts.append(_ansible_host(name, WORKER, False, _host_vars(tree, name, src, dirs), inv.host_lines[name], src))
     return hosts

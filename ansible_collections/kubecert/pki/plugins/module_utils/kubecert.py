@@ -1,0 +1,80 @@
+# -*- coding: utf-8 -*-
+# Copyright: kubecert maintainers
+# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
+"""What the kubecert.pki modules share: running the kubecert executable on the managed node, reading
+its ``-o json`` output (never its text), durations as the CLI writes them, and the certificate records
+of ``kubecert check -o json``."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import json
+import re
+
+DEFAULT_BIN = "/usr/local/bin/kubecert"
+
+# kubeadm's names that `kubecert renew` takes (the CLI's choices, without `all`)
+RENEWABLE = (
+    "apiserver", "apiserver-kubelet-client", "front-proxy-client", "etcd-server", "etcd-peer",
+    "etcd-healthcheck-client", "apiserver-etcd-client", "admin.conf", "super-admin.conf",
+    "controller-manager.conf", "scheduler.conf", "kubelet.conf", "kubelet-server",
+)
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def common_argument_spec():
+    return dict(
+        root=dict(type="path", default="/"),
+        kubecert_bin=dict(type="path", default=DEFAULT_BIN),
+    )
+
+
+def seconds(module, value, option):
+    """``30d`` / ``12h`` / ``90m`` / ``3600s`` / ``2w`` (a bare number is days) -> seconds."""
+    m = re.match(r"^\s*([0-9]{1,9})\s*([smhdw]?)\s*$", str(value))
+    if m is None:
+        module.fail_json(msg="%s: %r is not a duration such as 30d, 12h or 90m" % (option, value))
+    return int(m.group(1)) * _UNITS[m.group(2) or "d"]
+
+
+def last_line(text):
+    lines = [line for line in (text or "").splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ""
+
+
+def run(module, args, ok=(0,)):
+    """``kubecert ARGS`` on the node; on an exit code not in ``ok``, fail with the CLI's one-line error."""
+    cmd = [module.params["kubecert_bin"]] + list(args)
+    rc, out, err = module.run_command(cmd)
+    if rc not in ok:
+        module.fail_json(msg=last_line(err) or last_line(out) or "kubecert exited with %d" % rc,
+                         rc=rc, cmd=cmd, stdout=out, stderr=err)
+    return rc, out, err
+
+
+def check(module, extra=()):
+    """The node's report (``kubecert check -o json``): exit 0, 1 and 2 are verdicts, 3 is an error."""
+    rc, out, err = run(module, ["check", "--root", module.params["root"], "-o", "json"] + list(extra), ok=(0, 1, 2))
+    try:
+        report = json.loads(out)
+    except ValueError:
+        module.fail_json(msg="kubecert check -o json printed no JSON (is %s kubecert?)" % module.params["kubecert_bin"],
+                         rc=rc, stdout=out, stderr=err)
+    report["exitCode"] = rc
+    return report
+
+
+def records(report):
+    """Every certificate and kubeconfig of the report that ``kubecert renew`` knows by name."""
+    found = []
+    for rec in report.get("certificates", []) + report.get("extraCertificates", []):
+        if rec.get("name") in RENEWABLE and rec.get("kind") != "keypair":
+            found.append(rec)
+    return found
+
+
+def state(rec):
+    """What a diff shows of a certificate: its serial and NotAfter."""
+    return {"serial": rec.get("serial"), "not_after": rec.get("expirationDate")}
