@@ -9,6 +9,7 @@ verify the old state.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -92,7 +93,8 @@ def restart_in_order(verifier: Verifier, choices: Dict[str, Choice], components:
         if r.ok:
             progress(c, "waiting for health")
             if c in verifier.endpoints and (verifier.gated is None or c in verifier.gated):
-                gate = verifier.gate(c, timeouts.gate(c), settle=timeouts.settle)
+                gate = verifier.gate(c, timeouts.gate(c), settle=timeouts.settle,
+                                     identity=functools.partial(choice.adapter.identity, c))
             else:  # e.g. the kubelet with healthz disabled: the restart result is all there is
                 gate = GateResult(c, True, (Check(c, "health", "-", True, "no health endpoint on this node; "
                                                   "relying on the restart result", 0.0),), 0.0, 0)

@@ -101,6 +101,12 @@ class Adapter(abc.ABC):
     @abc.abstractmethod
     def restart(self, component: str, timeout: float) -> RestartResult: ...
 
+    def identity(self, component: str) -> Optional[str]:
+        """What changes whenever ``component`` is started again (a container id, a unit's invocation):
+        a gate compares it across its settle window to see a crash the health probes missed. None:
+        this adapter cannot tell."""
+        return None
+
     def describe(self) -> str:
         return f"{self.name} ({self.reason})"
 
@@ -132,6 +138,10 @@ class CRIAdapter(Adapter):
         self.strategy = strategy
         self.file_check_frequency = file_check_frequency
         self.poll = poll
+
+    def identity(self, component: str) -> Optional[str]:
+        ids = self.running_ids(component, _Log(self.runner))
+        return None if ids is None else ",".join(sorted(ids))
 
     def running_ids(self, component: str, log: _Log) -> Optional[List[str]]:
         if self.cli == "crictl":
@@ -225,6 +235,12 @@ class ServiceAdapter(Adapter):
         self.name = f"{kind}/{unit}"
         self.reason = reason
         self.poll = poll
+
+    def identity(self, component: str) -> Optional[str]:
+        if self.kind != "systemd":
+            return None
+        r = self.runner(["systemctl", "show", "--property", "InvocationID,MainPID", self.unit], 30, False)
+        return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else None
 
     def restart(self, component: str, timeout: float) -> RestartResult:
         log = _Log(self.runner)

@@ -194,10 +194,12 @@ class Verifier:
         return len(members), bad
 
     def gate(self, component: str, timeout: float, interval: float = 1.0,
-             on_attempt: Optional[Callable[[int, List[Check]], None]] = None, settle: float = 0.0) -> GateResult:
+             on_attempt: Optional[Callable[[int, List[Check]], None]] = None, settle: float = 0.0,
+             identity: Optional[Callable[[], Optional[str]]] = None) -> GateResult:
         """Check until everything passes or ``timeout`` seconds pass; then, for ``settle`` seconds, keep
         checking: a component that turns healthy and dies right after (a crash on its first real work,
-        a crash loop) fails the gate instead of passing it."""
+        a crash loop) fails the gate instead of passing it. ``identity`` (the runtime's container id or
+        unit invocation) catches a crash and restart quicker than the probes' interval."""
         start = time.monotonic()
         attempts = 0
         while True:
@@ -213,12 +215,20 @@ class Verifier:
         if not ok or settle <= 0:
             return GateResult(component, ok, tuple(checks), elapsed, attempts)
         healthy_at = time.monotonic()
+        first = identity() if identity else None
         while time.monotonic() - healthy_at < settle:
             time.sleep(interval)
             attempts += 1
             checks = self.check(component)
             if on_attempt:
                 on_attempt(attempts, checks)
+            now_id = identity() if identity and first is not None else None
+            if first is not None and now_id is not None and now_id != first:
+                after = time.monotonic() - healthy_at
+                checks.append(Check(component, "same-process", "runtime", False,
+                                    f"healthy, then started again {after:.1f}s later (--gate-settle {settle:g}s): "
+                                    f"{first[:40]} -> {now_id[:40] or 'not running'}", 0.0))
+                return GateResult(component, False, tuple(checks), time.monotonic() - start, attempts)
             if not all(c.ok for c in checks):
                 after = time.monotonic() - healthy_at
                 checks = [c if c.ok else replace(c, detail=f"healthy, then failing {after:.1f}s later (--gate-settle "
