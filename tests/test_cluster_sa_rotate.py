@@ -217,8 +217,8 @@ def test_a_control_plane_out_of_reach_stops_the_rotation_before_anything_changes
     lagging = discover(hosts, flaky, strict=False)  # type: ignore[arg-type]
     assert lagging.stages == {"master-1": 2, "master-2": 2} and lagging.stage == 2  # what a lenient read would do
     with pytest.raises(KubecertError, match=r"master-3 \(stage 1\) not ready for stage 3"):
-        ready_for(hosts, local_connect, [], True, 3, False)
-    ready_for(hosts, local_connect, [], True, 2, False)  # resuming stage 2: fine
+        ready_for(hosts, local_connect, [], discover(hosts, local_connect).stages, 3, False)
+    ready_for(hosts, local_connect, [], discover(hosts, local_connect).stages, 2, False)  # resuming stage 2: fine
 
 
 def test_the_retired_keys_stamp_moves_to_when_the_restarts_finished(lab: Path) -> None:

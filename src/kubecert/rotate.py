@@ -262,6 +262,18 @@ def _ca_item(name: str, path: str, reason: str, cert: x509.Certificate, componen
                       key=x509ops.key_description(cert.public_key()), components=components)  # type: ignore[arg-type]
 
 
+def moves(name: str, here: int, target: int, abort: bool, stages: Sequence[str]) -> bool:
+    """Whether a node at stage ``here`` moves to ``target`` (``abort``: backwards). False when it is
+    there already, or past it in the direction of travel (a resumed pass); raises when it is more than
+    one stage away. The rule of every staged rotation (CAs and the sa key)."""
+    if here == target or (here > target) != abort:
+        return False
+    if abs(target - here) != 1 or not 0 <= target <= 3:
+        raise KubecertError(f"{name}: this node is at stage {here} ({stages[here]}); it cannot go to stage {target} "
+                            "from there; nothing was changed")
+    return True
+
+
 def fresh_pair(name: str, old: x509.Certificate, old_key: x509ops.PrivateKey, *, now: dt.datetime, days: int,
                clock: dt.datetime, min_days: float = 1.0, force_validity: bool = False,
                key_type: Optional[str] = None) -> Given:
@@ -316,12 +328,8 @@ def plan(fs: NodeFS, names: Sequence[str], *, now: dt.datetime, abort: bool = Fa
     if st.stage < 0:
         raise PKIError(f"{name}: {st.detail}; nothing was changed")
     target = stage if stage is not None else st.stage + (-1 if abort else 1)
-    if target == st.stage or (not abort and stage is not None and st.stage > stage) or \
-            (abort and stage is not None and st.stage < stage):
+    if not moves(name, st.stage, target, abort, STAGES):
         return R.Plan(fs.root, now, 0, profile, (), ())  # already there
-    if abs(target - st.stage) != 1 or not 0 <= target <= 3:
-        raise KubecertError(f"{name}: this node is at stage {st.stage} ({STAGES[st.stage]}); it cannot go to "
-                            f"stage {target} from there")
     if target == 1 and st.stage == 0:
         return ctx.trust_both(g, days)
     if target == 2:

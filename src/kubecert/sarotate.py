@@ -34,7 +34,7 @@ from . import renew as R
 from . import spec, x509ops
 from .errors import KubecertError, PKIError
 from .facts import detect_profile, gather
-from .rotate import NodeStatus
+from .rotate import NodeStatus, moves
 from .store import NodeFS, mode_owner
 from .store.txn import LOCK, Backup, Fault, Transaction, Write, list_backups
 
@@ -223,11 +223,11 @@ def plan(fs: NodeFS, names: object = (NAME,), *, now: dt.datetime, abort: bool =
         if here < 0:
             raise PKIError("sa: this node holds other service-account keys than the cluster's rotation (sa.key, "
                            "sa.pub, sa-new.key or sa-old.key differ from the other control planes'); nothing was changed")
-        if here == target or (here > target) != abort:
+        if not moves(NAME, here, target, abort, STAGES):
             return R.Plan(fs.root, now, 0, profile, (), ())  # already there
-        if abs(here - target) != 1 or here == 3:
-            raise KubecertError(f"sa: this node is at stage {here} ({STAGES[here]}); it cannot go to stage {target} "
-                                "from there; nothing was changed")
+        if here == 3:  # the old key is dropped already: no way back from there
+            raise KubecertError(f"sa: this node is at stage 3 ({STAGES[3]}); it cannot go to stage {target} from "
+                                "there; nothing was changed")
         if here != 0:
             new_key = None  # the node holds it already
     if abort and stage == 0:

@@ -56,15 +56,7 @@ def _quiet(node: str, step: str, message: str) -> None:
 def reachable(hosts: Sequence[Any], connect: Connect) -> Iterator[Tuple[Any, Conn]]:
     """(host, open connection) for each host that can be reached, in order; unreachable ones are
     passed over; each connection is closed when the loop moves on."""
-    for h in hosts:
-        try:
-            conn = connect(h)
-        except KubecertError:
-            continue
-        try:
-            yield h, conn
-        finally:
-            conn.close()
+    yield from every_node(hosts, connect, False, "")
 
 
 def every_node(hosts: Sequence[Any], connect: Connect, strict: bool, what: str) -> Iterator[Tuple[Any, Conn]]:

@@ -119,14 +119,14 @@ def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-def ready_for(hosts: Sequence[Any], connect: Connect, givens: Sequence[rotate.Given], sa: bool, target: int,
-              abort: bool) -> None:
-    """Before a pass to stage ``target``: every node (every control plane, for the sa key) is at most
-    one stage away from it, read from the nodes again (a node that missed a stage, or was passed
-    over, is never skipped past)."""
+def ready_for(hosts: Sequence[Any], connect: Connect, givens: Sequence[rotate.Given],
+              sa_stages: Optional[Dict[str, int]], target: int, abort: bool) -> None:
+    """Before a pass to stage ``target``: every node (every control plane, for the sa key: its stages
+    as the pass read them) is at most one stage away from it, read from the nodes again (a node that
+    missed a stage, or was passed over, is never skipped past)."""
     wheres = [(g.name, discover(hosts, connect, g.name).stages) for g in givens]
-    if sa:
-        wheres.append(("sa", sa_discover(hosts, connect).stages))
+    if sa_stages is not None:
+        wheres.append(("sa", sa_stages))
     for name, stages in wheres:
         lagging = [f"{n} (stage {st})" for n, st in stages.items() if st < 0 or
                    (st > target + 1 if abort else st < target - 1)]
@@ -151,19 +151,21 @@ def cluster_ca_rotate(hosts: Sequence[Any], connect: Connect, givens: Sequence[r
     pair = sa
     names = [g.name for g in givens] + (["sa"] if pair else [])
     for target in targets:
-        if pair is not None and target == (0 if abort else 3):
-            due = sa_discover(hosts, connect).due(abort, sa_grace)  # as the last control plane left it
+        sa_where = sa_discover(hosts, connect) if pair is not None else None  # read once per pass
+        if pair is not None and sa_where is not None and target == (0 if abort else 3):
+            due = sa_where.due(abort, sa_grace)  # as the last control plane left it
             if due is not None and clock() < due:
                 notes.append(f"sa: held at stage {1 if abort else 2}: the {'new' if abort else 'old'} key signed "
                              f"tokens until {due - sa_grace:%Y-%m-%d %H:%M:%S} UTC; it can be dropped from "
                              f"{due:%Y-%m-%d %H:%M:%S} UTC: run `kubecert cluster ca rotate sa"
                              f"{' --abort' if abort else ''}` then")
                 pair, names = None, [g.name for g in givens]
-            elif pair is not None:
+            else:
                 pair = replace(pair, retired_at=due - sa_grace if due else None)
         if not names:
             break
-        ready_for(hosts, connect, givens, pair is not None, target, abort)
+        ready_for(hosts, connect, givens, sa_where.stages if pair is not None and sa_where is not None else None,
+                  target, abort)
         label = f"{'abort' if abort else 'rotate'} {'+'.join(names)} -> stage {target}"
         if state.stage != label:
             state.stage, state.done = label, []
