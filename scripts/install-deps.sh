@@ -30,4 +30,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 python3 -m pip install -q --disable-pip-version-check -e ".[test]"
-[ "${1:-}" = "--no-kube" ] || bash scripts/install-kube.sh   # the demo needs no control plane
+if [ "${1:-}" != "--no-kube" ]; then   # the demo needs neither
+  bash scripts/install-kube.sh
+  # ansible-test sanity's venvs, built now from PyPI (tests/test_collection.py then needs no network)
+  python3 scripts/ansible-test-bootstrap.py --prime
+fi

@@ -2,7 +2,7 @@
 lab (tests/netlab.py): ansible-core runs in the operator namespace (``ip netns exec kc-op-...``) and
 reaches each host's own sshd with the lab's key and known_hosts, as an operator's Ansible would.
 
-The single-file build (scripts/build-dist.sh) is not used here: on the nodes ``kubecert_bin`` is a
+The single-file build (scripts/build-dist.sh) is not used here: on the nodes ``rolling_renew_bin`` is a
 two-line wrapper script that runs the installed package (``python -m kubecert``), and the hosts'
 Python is this interpreter (the lab's hosts share this machine's file system). The role's install
 step is tested on its own with a stand-in file and its SHA256SUMS.
@@ -11,8 +11,8 @@ What runs: with the cluster not started (``netlab(..., running=False)``), a chec
 check mode, a renew play (without restart) twice, and the role's checksum-verified install; with the
 cluster running (real etcd, kube-apiserver, ... behind each sshd), the collection's rolling_renew
 playbook with master-2's etcd made to fail at its next start: the play stops there, master-2 rolled
-back, master-3 untouched. And `ansible-galaxy collection build` plus `ansible-test sanity`
-(validate-modules and the other tests that need nothing from the network).
+back, master-3 untouched. The collection's static checks (build, syntax, ansible-lint, ansible-test
+sanity) are in test_collection.py, the fleet playbook in test_ansible_fleet.py.
 """
 
 from __future__ import annotations
@@ -23,10 +23,9 @@ import re
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List
 
 import pytest
 
@@ -55,7 +54,7 @@ def lab_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetLab]:
 
 
 def wrapper(lab: NetLab) -> Path:
-    """``kubecert_bin`` on the nodes: runs the installed package (the single file is not built here)."""
+    """``rolling_renew_bin`` on the nodes: runs the installed package (the single file is not built here)."""
     path = lab.dir / "kubecert-wrapper"
     if not path.exists():
         path.write_text(f"#!/bin/sh\nexec {sys.executable} -m kubecert \"$@\"\n")
@@ -66,8 +65,8 @@ def wrapper(lab: NetLab) -> Path:
 def inventory(lab: NetLab, extra: str = "") -> Path:
     """kubespray's groups over the lab's hosts, with their roots, the lab's key and known_hosts."""
     path = lab.dir / "ansible-inventory.ini"
-    masters = "\n".join(f"{h.name} ansible_host={h.address} kubecert_root={h.root}" for h in lab.masters)
-    workers = "\n".join(f"{h.name} ansible_host={h.address} kubecert_root={h.root}" for h in lab.workers)
+    masters = "\n".join(f"{h.name} ansible_host={h.address} rolling_renew_root={h.root}" for h in lab.masters)
+    workers = "\n".join(f"{h.name} ansible_host={h.address} rolling_renew_root={h.root}" for h in lab.workers)
     path.write_text(f"""[kube_control_plane]
 {masters}
 
@@ -82,7 +81,7 @@ ansible_user=root
 ansible_ssh_private_key_file={lab.client_key}
 ansible_ssh_common_args='-o UserKnownHostsFile={lab.known_hosts} -o StrictHostKeyChecking=yes'
 ansible_python_interpreter={sys.executable}
-kubecert_bin={wrapper(lab)}
+rolling_renew_bin={wrapper(lab)}
 {extra}
 """)
     return path
@@ -156,8 +155,8 @@ def test_check_play_returns_the_facts(lab_files: NetLab) -> None:
   gather_facts: false
   tasks:
     - kubecert.pki.kubecert_check:
-        root: "{{{{ kubecert_root }}}}"
-        kubecert_bin: "{{{{ kubecert_bin }}}}"
+        root: "{{{{ rolling_renew_root }}}}"
+        kubecert_bin: "{{{{ rolling_renew_bin }}}}"
       register: pki
     - ansible.builtin.copy:
         content: "{{{{ pki | to_json }}}}"
@@ -189,8 +188,8 @@ RENEW = """
   gather_facts: false
   tasks:
     - kubecert.pki.kubecert_renew:
-        root: "{{ kubecert_root }}"
-        kubecert_bin: "{{ kubecert_bin }}"
+        root: "{{ rolling_renew_root }}"
+        kubecert_bin: "{{ rolling_renew_bin }}"
         days: 200
       register: renewal
     - ansible.builtin.copy:
@@ -277,14 +276,14 @@ def test_role_installs_the_build_checksum_verified(lab_files: NetLab) -> None:
 - hosts: all
   gather_facts: false
   vars:
-    kubecert_dist_file: {build}
-    kubecert_bin: "{nodes}/{{{{ inventory_hostname }}}}/kubecert"
+    rolling_renew_dist_file: {build}
+    rolling_renew_bin: "{nodes}/{{{{ inventory_hostname }}}}/kubecert"
   tasks:
     - ansible.builtin.include_role:
         name: kubecert.pki.rolling_renew
         tasks_from: install.yml
     - ansible.builtin.command:
-        argv: ["{{{{ kubecert_bin }}}}", "--version"]
+        argv: ["{{{{ rolling_renew_bin }}}}", "--version"]
       changed_when: false
 """)
     r = play(lab_files, book)
@@ -328,8 +327,8 @@ def test_rolling_renew_stops_at_a_node_that_fails_its_gate(lab_running: NetLab) 
     trees = all_trees(lab)
     lab["master-2"].node.fail_start("etcd")
     book = COLLECTION / "playbooks" / "rolling_renew.yml"
-    r = play(lab, book, "-e", "kubecert_install=false", "-e", '{"kubecert_gate_timeout": ["90", "etcd=10"]}',
-             "-e", "kubecert_verify=false", timeout=500)
+    r = play(lab, book, "-e", "rolling_renew_install=false", "-e", '{"rolling_renew_gate_timeout": ["90", "etcd=10"]}',
+             "-e", "rolling_renew_verify=false", timeout=500)
     rc = recap(r)
     assert r.returncode != 0, out(r)
     assert rc["master-1"]["failed"] == 0 and rc["master-1"]["changed"] >= 1, out(r)
@@ -340,43 +339,3 @@ def test_rolling_renew_stops_at_a_node_that_fails_its_gate(lab_running: NetLab) 
         {k: v for k, v in trees["master-2"].items() if not k.startswith(KUBECERT_STATE)}, "master-2 rolled back"
     assert tree_state(lab["master-3"].root) == trees["master-3"], "master-3 untouched"
     assert tree_state(lab["master-1"].root) != trees["master-1"], "master-1 renewed"
-
-
-# ------------------------------------------------------------------------------------------ the collection itself
-
-
-def test_collection_builds(tmp_path: Path) -> None:
-    galaxy = BIN / "ansible-galaxy"
-    r = subprocess.run([str(galaxy), "collection", "build", "--output-path", str(tmp_path), str(COLLECTION)],
-                       capture_output=True, text=True, timeout=120, check=False, env=dict(os.environ, ANSIBLE_NOCOLOR="1"))
-    assert r.returncode == 0, r.stderr
-    (tarball,) = tmp_path.glob("kubecert-pki-*.tar.gz")
-    with tarfile.open(tarball) as tar:
-        names = set(tar.getnames())
-    for needed in ("MANIFEST.json", "plugins/modules/kubecert_check.py", "plugins/modules/kubecert_renew.py",
-                   "plugins/modules/kubecert_restart.py", "plugins/module_utils/kubecert.py",
-                   "roles/rolling_renew/tasks/main.yml", "playbooks/fleet.yml", "playbooks/rolling_renew.yml"):
-        assert needed in names, needed
-
-
-def sanity_problem() -> Optional[str]:
-    if not (BIN / "ansible-test").exists():
-        return "ansible-test not installed"
-    return None
-
-
-@pytest.mark.skipif(sanity_problem() is not None, reason=str(sanity_problem()))
-def test_ansible_test_sanity(tmp_path: Path) -> None:
-    """ansible-test sanity on a copy of the collection (it writes tests/output/ beside it), with this
-    Python and nothing installed: the tests that run offline. validate-modules, import, yamllint and
-    runtime-metadata build a venv and download pip (ci-files.testing.ansible.com) first, which the
-    suite must not need; they are left out here."""
-    copy = tmp_path / "ansible_collections" / "kubecert" / "pki"
-    shutil.copytree(COLLECTION, copy, ignore=shutil.ignore_patterns("tests", "*.tar.gz", "__pycache__"))
-    r = subprocess.run([str(BIN / "ansible-test"), "sanity", "--python", f"{sys.version_info[0]}.{sys.version_info[1]}",
-                        "--local", "--color", "no", "--test", "compile", "--test", "action-plugin-docs",
-                        "--test", "empty-init", "--test", "line-endings", "--test", "no-assert",
-                        "--test", "shebang", "--test", "symlinks"],
-                       capture_output=True, text=True, timeout=480, cwd=copy, check=False,
-                       env=dict(os.environ, ANSIBLE_NOCOLOR="1"))
-    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]

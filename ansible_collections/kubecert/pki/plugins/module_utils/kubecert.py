@@ -25,10 +25,35 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def common_argument_spec():
+    """The options of doc fragment kubecert.pki.kubecert."""
     return dict(
         root=dict(type="path", default="/"),
         kubecert_bin=dict(type="path", default=DEFAULT_BIN),
     )
+
+
+def restart_argument_spec():
+    """The options of doc fragment kubecert.pki.kubecert.restart."""
+    return dict(
+        gate_timeout=dict(type="list", elements="str", default=[]),
+        restart_command=dict(type="list", elements="str", default=[]),
+        runtime=dict(type="str", choices=["crictl", "docker"]),
+        strategy=dict(type="str", choices=["container", "manifest"]),
+    )
+
+
+def restart_args(params):
+    """Those options as the CLI's arguments (``renew --restart`` and ``restart`` take the same)."""
+    args = []
+    for value in params["gate_timeout"]:
+        args += ["--gate-timeout", value]
+    for value in params["restart_command"]:
+        args += ["--restart-command", value]
+    if params["runtime"]:
+        args += ["--runtime", params["runtime"]]
+    if params["strategy"]:
+        args += ["--strategy", params["strategy"]]
+    return args
 
 
 def seconds(module, value, option):

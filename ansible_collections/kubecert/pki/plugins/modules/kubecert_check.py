@@ -20,10 +20,6 @@ description:
   - Needs the kubecert executable on the node (the role C(kubecert.pki.rolling_renew) installs the
     single-file build there).
 options:
-  root:
-    description: File-system root of the node (its C(/etc/kubernetes) lives below it).
-    type: path
-    default: /
   warn:
     description: What counts as expiring (C(--warn) of the CLI), e.g. C(30d), C(12h).
     type: str
@@ -32,19 +28,17 @@ options:
     description: What counts as critical (C(--crit) of the CLI).
     type: str
     default: 7d
-  kubecert_bin:
-    description: Path of the kubecert executable on the managed node.
-    type: path
-    default: /usr/local/bin/kubecert
-author:
-  - kubecert maintainers
 notes:
   - Supports check mode (it changes nothing either way).
+extends_documentation_fragment:
+  - kubecert.pki.kubecert
 attributes:
   check_mode:
     support: full
+    description: Reads only; the same with or without check mode.
   diff_mode:
     support: none
+    description: Nothing changes, so there is nothing to show.
 """
 
 EXAMPLES = r"""

@@ -26,10 +26,6 @@ description:
     CLI would refuse fails here too; nothing is written.
   - Diff mode shows each renewed certificate's serial and NotAfter before and after.
 options:
-  root:
-    description: File-system root of the node.
-    type: path
-    default: /
   names:
     description: kubeadm's names (apiserver, etcd-server, admin.conf, kubelet.conf, ...) or C(all).
     type: list
@@ -52,35 +48,16 @@ options:
     description: Restart what loads the renewed files, in order, each gated; roll back on failure.
     type: bool
     default: false
-  gate_timeout:
-    description: C(--gate-timeout) values, C(SECONDS) or C(COMPONENT=SECONDS).
-    type: list
-    elements: str
-    default: []
-  restart_command:
-    description: C(--restart-command) values, C(COMPONENT=CMD).
-    type: list
-    elements: str
-    default: []
-  runtime:
-    description: Container CLI for static pods (default detected).
-    type: str
-    choices: [crictl, docker]
-  strategy:
-    description: Restart the container, or move the manifest out and back.
-    type: str
-    choices: [container, manifest]
-  kubecert_bin:
-    description: Path of the kubecert executable on the managed node.
-    type: path
-    default: /usr/local/bin/kubecert
-author:
-  - kubecert maintainers
+extends_documentation_fragment:
+  - kubecert.pki.kubecert
+  - kubecert.pki.kubecert.restart
 attributes:
   check_mode:
     support: full
+    description: Returns the plan (RV(plan)) and runs C(kubecert renew --dry-run); writes nothing.
   diff_mode:
     support: full
+    description: Serial and NotAfter of each renewed certificate, before and after.
 """
 
 EXAMPLES = r"""
@@ -142,7 +119,8 @@ import datetime
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kubecert.pki.plugins.module_utils.kubecert import (
-    RENEWABLE, check, common_argument_spec, last_line, records, run, seconds, state)
+    RENEWABLE, check, common_argument_spec, last_line, records, restart_args, restart_argument_spec, run, seconds,
+    state)
 
 
 def main():
@@ -153,11 +131,8 @@ def main():
         days=dict(type="int", default=365),
         key=dict(type="str", choices=["new", "reuse"], default="new"),
         restart=dict(type="bool", default=False),
-        gate_timeout=dict(type="list", elements="str", default=[]),
-        restart_command=dict(type="list", elements="str", default=[]),
-        runtime=dict(type="str", choices=["crictl", "docker"]),
-        strategy=dict(type="str", choices=["container", "manifest"]),
     )
+    spec.update(restart_argument_spec())
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
     p = module.params
     within = seconds(module, p["within"], "within")
@@ -201,15 +176,7 @@ def main():
         module.exit_json(**result)
 
     if p["restart"]:
-        args.append("--restart")
-        for value in p["gate_timeout"]:
-            args += ["--gate-timeout", value]
-        for value in p["restart_command"]:
-            args += ["--restart-command", value]
-        if p["runtime"]:
-            args += ["--runtime", p["runtime"]]
-        if p["strategy"]:
-            args += ["--strategy", p["strategy"]]
+        args += ["--restart"] + restart_args(p)
     rc, out, err = module.run_command([p["kubecert_bin"]] + args + ["--yes"])
     if rc != 0:
         fail = dict(result, msg=last_line(err) or last_line(out) or "kubecert renew exited with %d" % rc, rc=rc,

@@ -19,48 +19,25 @@ description:
     stops at the first failure, which fails the task with kubecert's one-line error.
   - Check mode changes nothing and reports the restart as a change that would happen.
 options:
-  root:
-    description: File-system root of the node.
-    type: path
-    default: /
   components:
     description: Components to restart; empty means every component found on the node.
     type: list
     elements: str
     choices: [etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet]
     default: []
-  gate_timeout:
-    description: C(--gate-timeout) values, C(SECONDS) or C(COMPONENT=SECONDS).
-    type: list
-    elements: str
-    default: []
-  restart_command:
-    description: C(--restart-command) values, C(COMPONENT=CMD).
-    type: list
-    elements: str
-    default: []
   restart_timeout:
     description: How long one restart command may take, in seconds.
     type: float
-  runtime:
-    description: Container CLI for static pods (default detected).
-    type: str
-    choices: [crictl, docker]
-  strategy:
-    description: Restart the container, or move the manifest out and back.
-    type: str
-    choices: [container, manifest]
-  kubecert_bin:
-    description: Path of the kubecert executable on the managed node.
-    type: path
-    default: /usr/local/bin/kubecert
-author:
-  - kubecert maintainers
+extends_documentation_fragment:
+  - kubecert.pki.kubecert
+  - kubecert.pki.kubecert.restart
 attributes:
   check_mode:
     support: full
+    description: Restarts nothing; reports the restart as a change that would happen.
   diff_mode:
     support: none
+    description: A restart changes no file.
 """
 
 EXAMPLES = r"""
@@ -88,7 +65,8 @@ stdout_lines:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kubecert.pki.plugins.module_utils.kubecert import common_argument_spec, run
+from ansible_collections.kubecert.pki.plugins.module_utils.kubecert import (
+    common_argument_spec, restart_args, restart_argument_spec, run)
 
 
 def main():
@@ -96,28 +74,17 @@ def main():
     spec.update(
         components=dict(type="list", elements="str", default=[],
                         choices=["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet"]),
-        gate_timeout=dict(type="list", elements="str", default=[]),
-        restart_command=dict(type="list", elements="str", default=[]),
         restart_timeout=dict(type="float"),
-        runtime=dict(type="str", choices=["crictl", "docker"]),
-        strategy=dict(type="str", choices=["container", "manifest"]),
     )
+    spec.update(restart_argument_spec())
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
     p = module.params
     result = dict(changed=True, components=p["components"])
     if module.check_mode:
         module.exit_json(**result)
-    args = ["restart"] + p["components"] + ["--root", p["root"], "--yes"]
-    for value in p["gate_timeout"]:
-        args += ["--gate-timeout", value]
-    for value in p["restart_command"]:
-        args += ["--restart-command", value]
+    args = ["restart"] + p["components"] + ["--root", p["root"], "--yes"] + restart_args(p)
     if p["restart_timeout"] is not None:
         args += ["--restart-timeout", str(p["restart_timeout"])]
-    if p["runtime"]:
-        args += ["--runtime", p["runtime"]]
-    if p["strategy"]:
-        args += ["--strategy", p["strategy"]]
     rc, out, err = run(module, args)
     result["stdout_lines"] = out.splitlines()
     module.exit_json(**result)

@@ -1,0 +1,50 @@
+# -*- coding: utf-8 -*-
+# Copyright: kubecert maintainers
+# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
+"""The options every kubecert.pki module takes (``kubecert.pki.kubecert``) and those of a gated
+restart (``kubecert.pki.kubecert.restart``), as module_utils/kubecert.py builds their argument specs."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+
+class ModuleDocFragment(object):
+
+    DOCUMENTATION = r"""
+options:
+  root:
+    description: File-system root of the node (its C(/etc/kubernetes) lives below it).
+    type: path
+    default: /
+  kubecert_bin:
+    description:
+      - Path of the kubecert executable on the managed node (the role C(kubecert.pki.rolling_renew)
+        installs the single-file build there, checksum-verified).
+    type: path
+    default: /usr/local/bin/kubecert
+author:
+  - kubecert maintainers (!UNKNOWN)
+"""
+
+    RESTART = r"""
+options:
+  gate_timeout:
+    description: C(--gate-timeout) values, C(SECONDS) or C(COMPONENT=SECONDS).
+    type: list
+    elements: str
+    default: []
+  restart_command:
+    description: C(--restart-command) values, C(COMPONENT=CMD) (e.g. C(kubelet=rc-service kubelet restart)).
+    type: list
+    elements: str
+    default: []
+  runtime:
+    description: Container CLI for static pods (default detected).
+    type: str
+    choices: [crictl, docker]
+  strategy:
+    description: Restart the container, or move the manifest out and back.
+    type: str
+    choices: [container, manifest]
+"""

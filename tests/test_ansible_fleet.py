@@ -1,0 +1,206 @@
+"""The collection's fleet playbook (ansible_collections/kubecert/pki/playbooks/fleet.yml) on a fleet of
+three lab clusters in one kubespray-style inventory: the order it takes them in (one cluster at a
+time, or two at once), that it renews every node and changes nothing the second time, and that the
+first node that fails stops the whole fleet.
+
+Every host here is a `kubecert lab create` tree on this machine reached with Ansible's local
+connection: what is under test is the batching and the stop, which do not depend on the transport
+(the role over real sshd, with the cluster's components running and gated, is test_ansible.py).
+No component runs, so the role runs with rolling_renew_restart=false; the nodes' kubecert is the
+installed package (a two-line wrapper), as in test_ansible.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Set
+
+import pytest
+import yaml
+
+pytest.importorskip("ansible", reason="ansible-core is not installed (pip install ansible-core)")
+
+from netlab import tree_state  # noqa: E402
+
+pytestmark = pytest.mark.timeout(600)
+
+REPO = Path(__file__).resolve().parent.parent
+FLEET = REPO / "ansible_collections" / "kubecert" / "pki" / "playbooks" / "fleet.yml"
+BIN = Path(sys.executable).parent
+STATE = "etc/kubernetes/.kubecert"
+RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
+# cluster -> `kubecert lab create` options; a: external etcd, b: stacked with workers, c: one master
+CLUSTERS = {
+    "a": ["--nodes", "2", "--topology", "external-etcd", "--workers", "3"],
+    "b": ["--nodes", "2", "--workers", "2"],
+    "c": ["--nodes", "1"],
+}
+# the names `kubecert renew` takes (module_utils/kubecert.py RENEWABLE)
+RENEWABLE = {"apiserver", "apiserver-kubelet-client", "front-proxy-client", "etcd-server", "etcd-peer",
+             "etcd-healthcheck-client", "apiserver-etcd-client", "admin.conf", "super-admin.conf",
+             "controller-manager.conf", "scheduler.conf", "kubelet.conf", "kubelet-server"}
+
+
+def make_fleet(base: Path) -> Dict[str, Path]:
+    """host name (cluster-node) -> its root; every leaf expires in 5 days (due within the role's 30d)."""
+    roots: Dict[str, Path] = {}
+    for cluster, opts in CLUSTERS.items():
+        r = subprocess.run([sys.executable, "-m", "kubecert", "lab", "create", str(base / cluster), *opts,
+                            "--expires-in", "5d"], capture_output=True, text=True, timeout=120, check=False)
+        assert r.returncode == 0, r.stderr
+        for node in sorted(p.name for p in (base / cluster).iterdir() if p.is_dir()):
+            roots[f"{cluster}-{node}"] = base / cluster / node
+    return roots
+
+
+def write_inventory(base: Path, roots: Dict[str, Path]) -> Path:
+    """kubespray's groups (stacked masters in etcd, masters in kube_node too), one group per cluster."""
+    wrapper = base / "kubecert-wrapper"
+    wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} -m kubecert \"$@\"\n")
+    wrapper.chmod(0o755)
+
+    def kind(host: str) -> str:
+        return host.split("-", 1)[1].rsplit("-", 1)[0]  # etcd / master / worker
+
+    stacked = {c for c, opts in CLUSTERS.items() if "external-etcd" not in opts}
+    groups: Dict[str, List[str]] = {"etcd": [], "kube_control_plane": [], "kube_node": []}
+    for h in roots:
+        if kind(h) == "etcd" or (kind(h) == "master" and h[0] in stacked):
+            groups["etcd"].append(h)
+        if kind(h) == "master":
+            groups["kube_control_plane"].append(h)
+        if kind(h) in ("master", "worker"):
+            groups["kube_node"].append(h)
+    children = {g: {"hosts": {h: None for h in hs}} for g, hs in groups.items()}
+    for c in CLUSTERS:
+        children[f"cluster_{c}"] = {"hosts": {h: {"rolling_renew_root": str(r)} for h, r in roots.items()
+                                              if h.startswith(f"{c}-")}}
+    inv = {"all": {"vars": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
+                            "rolling_renew_bin": str(wrapper), "rolling_renew_install": False,
+                            "rolling_renew_restart": False},
+                   "children": children}}
+    path = base / "fleet.yml"
+    path.write_text(yaml.safe_dump(inv, sort_keys=False))
+    return path
+
+
+def fleet(base: Path, inventory: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "KUBECERT_"))}
+    env.update(ANSIBLE_CONFIG=str(base / "no-ansible.cfg"), ANSIBLE_HOME=str(base / "ansible-home"),
+               ANSIBLE_LOCAL_TEMP=str(base / "ansible-home" / "tmp"), ANSIBLE_COLLECTIONS_PATH=str(REPO),
+               ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", ANSIBLE_LOCALHOST_WARNING="False",
+               ANSIBLE_DEPRECATION_WARNINGS="False", PYTHONWARNINGS="ignore")
+    return subprocess.run([str(BIN / "ansible-playbook"), "-i", str(inventory), "-f", "10", str(FLEET), *extra],
+                          capture_output=True, text=True, timeout=540, env=env, check=False)
+
+
+def out(r: subprocess.CompletedProcess[str]) -> str:
+    return f"exit {r.returncode}\n--- stdout ---\n{r.stdout[-10000:]}\n--- stderr ---\n{r.stderr[-3000:]}"
+
+
+def batches(r: subprocess.CompletedProcess[str]) -> List[Set[str]]:
+    """The hosts of each run of the role's renew task, in the order they ran (one run per batch)."""
+    found: List[Set[str]] = []
+    current = None
+    for line in r.stdout.splitlines():
+        if line.startswith("TASK ["):
+            current = set() if "rolling_renew : Renew what is due" in line else None
+            if current is not None:
+                found.append(current)
+        elif current is not None:
+            m = re.match(r"^(?:ok|changed|failed|fatal): \[([^\]]+)\]", line)
+            if m:
+                current.add(m.group(1))
+    return found
+
+
+def recap(r: subprocess.CompletedProcess[str]) -> Dict[str, Dict[str, int]]:
+    return {m.group(1): {"ok": int(m.group(2)), "changed": int(m.group(3)), "failed": int(m.group(5))}
+            for m in RECAP.finditer(r.stdout)}
+
+
+def check(root: Path) -> List[Dict[str, object]]:
+    r = subprocess.run([sys.executable, "-m", "kubecert", "check", "--root", str(root), "-o", "json"],
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode in (0, 1, 2), r.stderr
+    report = json.loads(r.stdout)
+    return [rec for rec in report["certificates"] + report["extraCertificates"]
+            if rec.get("name") in RENEWABLE and rec.get("kind") != "keypair" and not rec.get("missing")]
+
+
+def due(root: Path) -> Dict[str, str]:
+    """name -> serial of what the role must renew on this node: due within 30 days, CA key on the node."""
+    return {str(rec["name"]): str(rec["serial"]) for rec in check(root)
+            if int(rec["residualTime"]) < 30 * 86400 and not rec.get("externallyManaged")}  # type: ignore[call-overload]
+
+
+def test_fleet_one_cluster_at_a_time_then_nothing_left_to_do(tmp_path: Path) -> None:
+    roots = make_fleet(tmp_path)
+    inventory = write_inventory(tmp_path, roots)
+    before = {h: due(root) for h, root in roots.items()}
+    # work on every master and on etcd-1 (the lab's second external etcd host, as a worker, holds no CA key)
+    assert all(before[h] for h in roots if "master" in h) and before["a-etcd-1"], before
+
+    r = fleet(tmp_path, inventory, "-e", "kubecert_worker_batch=2")
+    assert r.returncode == 0, out(r)
+    # external etcd one at a time, then control planes one at a time, then workers two at a time (never a
+    # master, though kubespray lists them in kube_node too), a cluster finished before the next begins
+    assert batches(r) == [{"a-etcd-1"}, {"a-etcd-2"}, {"a-master-1"}, {"a-master-2"},
+                          {"a-worker-1", "a-worker-2"}, {"a-worker-3"},
+                          {"b-master-1"}, {"b-master-2"}, {"b-worker-1", "b-worker-2"},
+                          {"c-master-1"}], out(r)
+    for host, root in roots.items():
+        now = {str(rec["name"]): rec for rec in check(root)}
+        for name, serial in before[host].items():
+            assert now[name]["serial"] != serial, (host, name)
+            assert int(now[name]["residualTime"]) > 300 * 86400, (host, name)  # type: ignore[call-overload]
+        assert not due(root), host
+
+    trees = {h: tree_state(root) for h, root in roots.items()}
+    again = fleet(tmp_path, inventory, "-e", "kubecert_worker_batch=2")
+    assert again.returncode == 0, out(again)
+    rc = recap(again)
+    assert set(rc) == set(roots) | {"localhost"}, out(again)
+    assert all(c["changed"] == 0 and c["failed"] == 0 for c in rc.values()), out(again)
+    assert {h: tree_state(root) for h, root in roots.items()} == trees
+
+
+def test_fleet_two_clusters_at_once(tmp_path: Path) -> None:
+    roots = make_fleet(tmp_path)
+    inventory = write_inventory(tmp_path, roots)
+    r = fleet(tmp_path, inventory, "-e", "kubecert_parallel_clusters=2", "-e", "kubecert_worker_batch=3")
+    assert r.returncode == 0, out(r)
+    # a and b together: one etcd host and one control plane of each per batch, then up to three
+    # workers of each; c after both are done
+    assert batches(r) == [{"a-etcd-1"}, {"a-etcd-2"}, {"a-master-1", "b-master-1"}, {"a-master-2", "b-master-2"},
+                          {"a-worker-1", "a-worker-2", "a-worker-3", "b-worker-1", "b-worker-2"},
+                          {"c-master-1"}], out(r)
+    assert not any(due(root) for root in roots.values())
+
+
+def test_the_first_failure_stops_the_fleet(tmp_path: Path) -> None:
+    """b-master-1's CA key is damaged: kubecert refuses to renew there (changing nothing), the play
+    fails that host, and any_errors_fatal stops the fleet: cluster a done, the rest untouched."""
+    roots = make_fleet(tmp_path)
+    inventory = write_inventory(tmp_path, roots)
+    ca_key = roots["b-master-1"] / "etc/kubernetes/pki/ca.key"
+    ca_key.write_text("-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n")
+    trees = {h: tree_state(root, skip=[STATE]) for h, root in roots.items()}
+
+    r = fleet(tmp_path, inventory, "-e", "kubecert_worker_batch=2")
+    assert r.returncode != 0, out(r)
+    assert re.search(r"^fatal: \[b-master-1\]", r.stdout, re.M), out(r)
+    assert batches(r)[-1] == {"b-master-1"}, out(r)
+    rc = recap(r)
+    assert rc["b-master-1"]["failed"] == 1, out(r)
+    for host, root in roots.items():
+        if host.startswith("a-"):
+            assert not due(root), host  # cluster a finished before b began
+        else:
+            assert tree_state(root, skip=[STATE]) == trees[host], host  # b-master-1 included: nothing written
+            assert rc.get(host, {}).get("changed", 0) == 0, (host, out(r))
