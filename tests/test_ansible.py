@@ -215,7 +215,10 @@ def test_check_mode_is_the_plan_and_changes_nothing(lab_files: NetLab) -> None:
         plan = json.loads((result / f"{name}.json").read_text())
         assert plan["changed"] is True
         assert {"apiserver", "etcd-peer", "admin.conf", "kubelet.conf"} <= {p["name"] for p in plan["plan"]}
-        assert any("dry run" in line for line in plan["dry_run"]), plan["dry_run"]
+        # kubecert's own dry run (renew --dry-run -o json) made the plan's NotAfter
+        assert (plan["renewal"]["result"], plan["renewal"]["dryRun"]) == ("planned", True)
+        planned = {i["name"]: i["newNotAfter"] for i in plan["renewal"]["items"] if i["action"] == "renew"}
+        assert {p["name"]: p["new_not_after"] for p in plan["plan"]} == {n: planned[n] for n in planned}
         now = {c["name"]: c["serial"] for c in local_check(lab_files[name].root)["certificates"]}  # type: ignore[attr-defined]
         assert plan["diff"]["before"]["apiserver"]["serial"] == now["apiserver"]
         assert plan["diff"]["after"]["apiserver"]["serial"] == "(new)"
@@ -334,7 +337,16 @@ def test_rolling_renew_stops_at_a_node_that_fails_its_gate(lab_running: NetLab) 
     assert rc["master-1"]["failed"] == 0 and rc["master-1"]["changed"] >= 1, out(r)
     assert rc["master-2"]["failed"] == 1, out(r)
     assert "master-3" not in rc or rc["master-3"]["ok"] == 0, out(r)
-    assert re.search(r"fatal: \[master-2\].*", r.stdout), out(r)
+    fatal = re.search(r"^fatal: \[master-2\]: FAILED! => (\{.*\})$", r.stdout, re.M)
+    assert fatal, out(r)
+    failed = json.loads(fatal.group(1))  # the module's result, kubecert's renew -o json document inside
+    # etcd fails every start from now on, so after the restore too: kubecert exits 5, restored but not
+    # healthy (exit 4 would be restored AND healthy)
+    assert failed["rc"] == 5 and failed["rolled_back"] is False, failed
+    assert failed["renewal"]["result"] == "failed", failed["renewal"]
+    assert failed["renewal"]["restartsAfterRollback"], failed["renewal"]  # the backup was put back first
+    etcd_step = next(s for s in failed["renewal"]["restarts"] if s["component"] == "etcd")
+    assert etcd_step["ok"] is False, etcd_step
     assert tree_state(lab["master-2"].root, skip=[KUBECERT_STATE]) == \
         {k: v for k, v in trees["master-2"].items() if not k.startswith(KUBECERT_STATE)}, "master-2 rolled back"
     assert tree_state(lab["master-3"].root) == trees["master-3"], "master-3 untouched"

@@ -209,17 +209,22 @@ def print_dry_run(p: Any, console: Any) -> None:
 
 
 class Plain:
-    """click.echo behind the one method the renew path uses (rich only where tables need it)."""
+    """click.echo behind the one method the renew path uses (rich only where tables need it);
+    ``err``: to stderr (when stdout carries -o json)."""
+
+    def __init__(self, err: bool = False) -> None:
+        self.err = err
 
     def print(self, text: str = "") -> None:
-        click.echo(text)
+        click.echo(text, err=self.err)
 
 
-def console_for() -> Any:
+def console_for(err: bool = False) -> Any:
     from rich.console import Console
 
     # piped or logged output never wraps: one line per row, easy to grep
-    return Console(width=1000 if not sys.stdout.isatty() else None, highlight=False, soft_wrap=False)
+    tty = (sys.stderr if err else sys.stdout).isatty()
+    return Console(width=1000 if not tty else None, highlight=False, soft_wrap=False, stderr=err)
 
 
 def runtime_options(fn: F) -> F:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import sys
-from typing import Any, Optional
+from typing import Any, Callable, Dict, Optional
 
 import click
 
 from .. import spec
+from ..report import renewal as RJ
 from .common import (
     Plain,
     apply_options,
@@ -57,6 +59,9 @@ from .common import (
               help="Shell command run at the end of every run that attempted a renewal, failed or not.")
 @click.option("--hook-timeout", type=click.FloatRange(1, 86400), default=300.0, show_default=True,
               metavar="SECONDS", help="How long one hook may run before it is killed.")
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: one document on stdout, the plan and what became of it (serials and times as "
+                   "check -o json writes them); the human report goes to stderr.")
 @apply_options("Then restart the components that load the renewed files, in order, each gated on health "
                    "and the served certificate; roll back on failure.")
 @runtime_options
@@ -66,7 +71,7 @@ from .common import (
 @handle_errors
 def renew(names: tuple[str, ...], root: str, days: int, key_mode: str, key_type: Optional[str],
           update_user_kubeconfigs: bool, if_within_text: Optional[str], pre_hooks: tuple[str, ...],
-          deploy_hooks: tuple[str, ...], post_hooks: tuple[str, ...], hook_timeout: float,
+          deploy_hooks: tuple[str, ...], post_hooks: tuple[str, ...], hook_timeout: float, output: str,
           dry_run: bool, yes: bool, restart: bool, no_rollback: bool,
           cri: Optional[str], strategy: str, service_manager: Optional[str], restart_commands: tuple[str, ...],
           gate_timeouts: tuple[str, ...], restart_timeout: float, min_days: float, force_validity: bool,
@@ -89,7 +94,9 @@ def renew(names: tuple[str, ...], root: str, days: int, key_mode: str, key_type:
 
     fs = LocalFS(root)
     profile = spec.parse_profile(profile_text) if profile_text else None
-    console: Any = console_for() if restart else Plain()
+    as_json = output == "json"
+    console: Any = console_for(err=as_json) if restart else Plain(err=as_json)
+    emit = _emitter(as_json)
     selected = list(names) or ["all"]
     kwargs: dict[str, Any] = dict(days=days, key_mode=key_mode, key_type=key_type, profile=profile,
                   update_user_kubeconfigs=update_user_kubeconfigs, clock=real_now(), min_days=min_days,
@@ -112,6 +119,7 @@ def renew(names: tuple[str, ...], root: str, days: int, key_mode: str, key_type:
             after = f" (soonest: {fmt_time(soonest)} UTC)" if soonest is not None else ""
             console.print(f"nothing among {' '.join(selected)} expires within {if_within_text}{after}; "
                           "nothing to do")
+            emit(RJ.renewal_data("not-due", d.plan, exit_code=2 if d.plan.stranded else 0, display=fs.display))
             _fail_on_stranded(d.plan)
             return
         # the run renews every selected name, as `renew all` means (certbot renews the whole lineage);
@@ -133,17 +141,20 @@ def renew(names: tuple[str, ...], root: str, days: int, key_mode: str, key_type:
                        "half-renewed. `kubecert recover` (or the next renew) rolls it back; this plan reads "
                        "the tree as it is now.", err=True)
         if session is None:
-            print_dry_run(R.plan(fs, selected, now=now, **kwargs), console)
+            p = R.plan(fs, selected, now=now, **kwargs)
+            print_dry_run(p, console)
+            emit(RJ.renewal_data("planned", p, dry_run=True, display=fs.display))
             return
         with session.guard():
             p = R.plan(fs, selected, now=now, **kwargs)
             if p.writes:  # hooks run only when a renewal would be attempted, as certbot's
                 session.pre([i.name for i in p.renewed])
             print_dry_run(p, console)
+        emit(RJ.renewal_data("planned", p, dry_run=True, exit_code=EXIT_HOOK if session.failures else 0, display=fs.display))
         _fail_on_hooks(session)
         return
     if restart:
-        _renew_restart(fs, selected, now, kwargs, console, not no_rollback, setup, hooks=session)
+        _renew_restart(fs, selected, now, kwargs, console, not no_rollback, setup, hooks=session, emit=emit)
         _fail_on_hooks(session)
         return
     result = R.renew(fs, selected, now=now, fault=fault_from_env(), confirm=confirmer(console, yes),
@@ -151,19 +162,30 @@ def renew(names: tuple[str, ...], root: str, days: int, key_mode: str, key_type:
     if result.recovered:
         console.print(f"recovered: {result.recovered}")
     p, backup = result.plan, result.backup
+    code = 2 if p.stranded else EXIT_HOOK if session is not None and session.failures else 0
     if backup is None:
         console.print("nothing to renew")
+        emit(RJ.renewal_data("nothing-to-renew", p, recovered=result.recovered, exit_code=code, display=fs.display))
         _fail_on_stranded(p)
         _fail_on_hooks(session)
         return
     print_applied(console, p, backup, fs, root, "renewed")
     if p.components:
         console.print("restart to load the new files: " + ", ".join(p.components))
+    emit(RJ.renewal_data("renewed", p, backup=backup, recovered=result.recovered, exit_code=code, display=fs.display))
     _fail_on_stranded(p)
     _fail_on_hooks(session)
 
 
 EXIT_HOOK = 6  # the run itself succeeded (or changed nothing), but a deploy or post hook failed
+
+
+def _emitter(as_json: bool) -> Callable[[Dict[str, Any]], None]:
+    """-o json: the document on stdout (once, before any failing exit); text: nothing more."""
+    def emit(doc: Dict[str, Any]) -> None:
+        if as_json:
+            click.echo(json.dumps(doc, indent=2))
+    return emit
 
 
 def _fail_on_hooks(session: Any) -> None:
@@ -198,9 +220,11 @@ def _fail_on_stranded(p: Any) -> None:
 
 
 def _renew_restart(fs: Any, selected: list[str], now: dt.datetime, kwargs: dict[str, Any], console: Any,
-                   rollback: bool, setup: Any, engine: Any = None, hooks: Any = None) -> Any:
+                   rollback: bool, setup: Any, engine: Any = None, hooks: Any = None,
+                   emit: Optional[Callable[[Dict[str, Any]], None]] = None) -> Any:
     """renew (or ``engine``: a module with renew's plan/apply, e.g. carenew) -> restart -> verify; prints
-    it all; returns the outcome when it succeeded (exits otherwise). ``hooks``: a hooks.Session."""
+    it all; returns the outcome when it succeeded (exits otherwise). ``hooks``: a hooks.Session;
+    ``emit``: receives the -o json document before any exit."""
     from rich.table import Table
 
     from ..inventory import scan
@@ -216,6 +240,13 @@ def _renew_restart(fs: Any, selected: list[str], now: dt.datetime, kwargs: dict[
     if outcome.recovered:
         console.print(f"recovered: {outcome.recovered}")
     print_plan(outcome.plan, console)
+    code = outcome.exit_code
+    if emit is not None:
+        result = ("nothing-to-renew" if outcome.backup is None else "renewed" if code == 0 else
+                  "rolled-back" if code == 4 else "failed")
+        emit(RJ.renewal_data(result, outcome.plan, backup=outcome.backup, steps=outcome.first.steps,
+                             after_rollback=None if outcome.after_rollback is None else outcome.after_rollback.steps,
+                             recovered=outcome.recovered, exit_code=code, display=fs.display))
     if outcome.backup is None:
         console.print("nothing to renew")
         return None
@@ -238,7 +269,6 @@ def _renew_restart(fs: Any, selected: list[str], now: dt.datetime, kwargs: dict[
                       "-" if not match else ("matches" if all(match) else "OLD"),
                       "-" if not health else ("ok" if all(health) else "FAILED"))
     console.print(table)
-    code = outcome.exit_code
     if code == 0:
         console.print(f"done: renewed, restarted and verified; backup {outcome.backup.id}")
         return outcome

@@ -14,16 +14,18 @@ short_description: Renew a node's kubeadm certificates and kubeconfigs offline, 
 version_added: "0.1.0"
 description:
   - Reads the node with C(kubecert check -o json), picks among O(names) what expires within O(within)
-    (or has expired), and renews exactly those with C(kubecert renew NAME... --yes), from the existing
-    certificates, with kubecert's backup, journal and rollback. A second run finds nothing due and
-    changes nothing.
+    (or has expired), and renews exactly those with C(kubecert renew NAME... --yes -o json), from the
+    existing certificates, with kubecert's backup, journal and rollback; then reads the node back and
+    fails if it does not hold the serials kubecert reports (RV(renewal)). A second run finds nothing due
+    and changes nothing.
   - Certificates whose CA key is not on the node (externally managed; a worker's kubelet client cert)
     are not renewed here; they are returned in RV(not_renewable) with the reason.
   - With O(restart=true) the renewal is followed by kubecert's ordered, gated restart of what loads the
     renewed files (C(renew --restart)); a gate that fails restores the backup (the task then fails,
     RV(rolled_back) says whether the node is back on its old certificates and healthy).
-  - Check mode returns the plan (RV(plan)) and runs C(kubecert renew --dry-run) so that a renewal the
-    CLI would refuse fails here too; nothing is written.
+  - Check mode returns the plan (RV(plan), with the NotAfter kubecert would give, capped at the CA's)
+    from C(kubecert renew --dry-run -o json), so that a renewal the CLI would refuse fails here too;
+    nothing is written.
   - Diff mode shows each renewed certificate's serial and NotAfter before and after.
 options:
   names:
@@ -113,9 +115,16 @@ rolled_back:
     healthy on them (kubecert's exit code 4); false on exit 5 (inspect the node).
   returned: on failure with restart
   type: bool
+renewal:
+  description: C(kubecert renew -o json) as it printed it (C(result) planned, renewed, nothing-to-renew,
+    rolled-back or failed; C(items) with old and new serial and NotAfter; C(backup); C(restarts) with
+    each gate's checks). In check mode that of C(--dry-run).
+  returned: when kubecert ran and printed it
+  type: dict
 """
 
 import datetime
+import json
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kubecert.pki.plugins.module_utils.kubecert import (
@@ -167,31 +176,55 @@ def main():
         module.exit_json(**result)
 
     names = [r["name"] for r in due]
-    args = ["renew"] + names + ["--root", p["root"], "--days", str(p["days"]), "--key", p["key"]]
+    args = ["renew"] + names + ["--root", p["root"], "--days", str(p["days"]), "--key", p["key"], "-o", "json"]
     if module.check_mode:
         rc, out, err = run(module, args + ["--dry-run"])
-        result.update(changed=True, renewed=names, dry_run=out.splitlines())
+        doc = document(module, rc, out, err)
+        planned = dict((i["name"], i) for i in doc.get("items", []) if i.get("action") == "renew")
+        for item in plan:  # the NotAfter kubecert would give (capped at the CA's), not an estimate
+            item["new_not_after"] = planned.get(item["name"], {}).get("newNotAfter", item["new_not_after"])
+        result.update(changed=True, renewed=names, renewal=doc)
         if module._diff:
-            result["diff"] = dict(before=before, after=dict((n, dict(serial="(new)", not_after=target)) for n in names))
+            result["diff"] = dict(before=before, after=dict(
+                (n, dict(serial="(new)", not_after=planned.get(n, {}).get("newNotAfter", target))) for n in names))
         module.exit_json(**result)
 
     if p["restart"]:
         args += ["--restart"] + restart_args(p)
     rc, out, err = module.run_command([p["kubecert_bin"]] + args + ["--yes"])
+    doc = document(module, rc, out, err, required=rc == 0)
+    result["renewal"] = doc
     if rc != 0:
         fail = dict(result, msg=last_line(err) or last_line(out) or "kubecert renew exited with %d" % rc, rc=rc,
-                    stdout=out, stderr=err)
+                    stderr=err)
         if p["restart"]:
             fail["rolled_back"] = rc == 4
         module.fail_json(**fail)
 
+    # read back from disk (what kubecert says it wrote must be what the node now holds)
     after_report = check(module)
     after = dict((r["name"], state(r)) for r in records(after_report) if r["name"] in before)
+    written = dict((i["name"], i.get("newSerial")) for i in doc.get("items", []) if i.get("action") == "renew")
+    for n in names:
+        if n in written and after.get(n, {}).get("serial") != written[n]:
+            module.fail_json(msg="%s: kubecert renewed it to serial %s but the node holds %s" % (
+                n, written[n], after.get(n, {}).get("serial")), **result)
     renewed = [n for n in names if after.get(n, {}).get("serial") != before[n]["serial"]]
-    result.update(changed=bool(renewed), renewed=renewed, after=after, stdout=out)
+    result.update(changed=bool(renewed), renewed=renewed, after=after)
     if module._diff:
         result["diff"] = dict(before=dict((n, before[n]) for n in renewed), after=dict((n, after[n]) for n in renewed))
     module.exit_json(**result)
+
+
+def document(module, rc, out, err, required=True):
+    """The ``renew -o json`` document on stdout (None when absent and not required: a failure before it)."""
+    try:
+        return json.loads(out)
+    except ValueError:
+        if not required:
+            return None
+        module.fail_json(msg="kubecert renew -o json printed no JSON (is %s kubecert 0.1.0 or later?)"
+                         % module.params["kubecert_bin"], rc=rc, stdout=out, stderr=err)
 
 
 if __name__ == "__main__":
