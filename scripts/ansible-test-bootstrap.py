@@ -19,6 +19,7 @@ tests/test_collection.py does), so that the suite later finds the venvs built an
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shutil
 import subprocess
@@ -29,6 +30,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 COLLECTION = REPO / "ansible_collections" / "kubecert" / "pki"
+
+# pip's wheels as PyPI publishes them (ansible-test pins its bootstrap script's hash the same way);
+# a version ansible-test asks for that is not here is refused until its hash is added
+PIP_WHEEL_SHA256 = {
+    "24.2": "2cd581cf58ab7fcfca4ce8efa6dcacd0de5bf8d0a3eb9ec927e07405f4d9e2a2",
+}
 
 SHIM = '''"""Stand-in for ansible-test's pip bootstrap script (written by kubecert's
 scripts/ansible-test-bootstrap.py): pip {version} run from its own wheel, from PyPI."""
@@ -53,11 +60,17 @@ def pip_version() -> str:
 
 def bootstrap(cache: Path) -> Path:
     version = pip_version()
+    if version not in PIP_WHEEL_SHA256:
+        sys.exit(f"ansible-test wants pip {version}: add the sha256 of its wheel (PyPI) to PIP_WHEEL_SHA256")
     cache.mkdir(parents=True, exist_ok=True)
     wheel = f"pip-{version}-py3-none-any.whl"
     if not (cache / wheel).is_file():
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "--no-deps",
                         "--only-binary", ":all:", "-d", str(cache), f"pip=={version}"], check=True)
+    digest = hashlib.sha256((cache / wheel).read_bytes()).hexdigest()
+    if digest != PIP_WHEEL_SHA256[version]:
+        (cache / wheel).unlink()
+        sys.exit(f"{cache / wheel}: sha256 {digest}, PyPI publishes {PIP_WHEEL_SHA256[version]}: removed")
     shim = cache / f"get_pip_{version.replace('.', '_')}.py"
     tmp = shim.with_suffix(".tmp")
     tmp.write_text(SHIM.format(version=version, wheel=wheel))

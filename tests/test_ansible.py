@@ -17,6 +17,7 @@ sanity) are in test_collection.py, the fleet playbook in test_ansible_fleet.py.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -268,7 +269,6 @@ def test_role_installs_the_build_checksum_verified(lab_files: NetLab) -> None:
     shutil.copy(wrapper(lab_files), build)
 
     def sums() -> None:
-        import hashlib
         (dist / "SHA256SUMS").write_text(f"{hashlib.sha256(build.read_bytes()).hexdigest()}  {build.name}\n")
 
     sums()
@@ -301,6 +301,45 @@ def test_role_installs_the_build_checksum_verified(lab_files: NetLab) -> None:
     third = play(lab_files, book)  # another version on one node: that one replaced
     assert {n: c["changed"] for n, c in recap(third).items()} == {n: int(n == "master-2") for n in lab_files.hosts}
     assert (nodes / "master-2" / "kubecert").read_bytes() == build.read_bytes()
+    # the same build, but another user's and writable by all: put back as root's 0755
+    os.chown(nodes / "master-1" / "kubecert", 65534, 65534)
+    (nodes / "master-1" / "kubecert").chmod(0o777)
+    fourth = play(lab_files, book)
+    assert {n: c["changed"] for n, c in recap(fourth).items()} == {n: int(n == "master-1") for n in lab_files.hosts}
+    st = (nodes / "master-1" / "kubecert").stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (0, 0, 0o755)
+    # a directory another user can write is refused: the file could be swapped between runs
+    (nodes / "master-3").chmod(0o777)
+    loose = play(lab_files, book)
+    assert loose.returncode != 0 and re.search(r"fatal: \[master-3\].*refusing to run it", loose.stdout), out(loose)
+    (nodes / "master-3").chmod(0o755)
+    # check mode: a node holding another kubecert is told so, and that file is never run
+    marker = lab_files.dir / "unverified-kubecert-ran"
+    (nodes / "master-2" / "kubecert").write_text(f"#!/bin/sh\ntouch {marker}\n")
+    (nodes / "master-2" / "kubecert").chmod(0o755)
+    role = playbook(lab_files, "role-check.yml", f"""
+- hosts: all
+  gather_facts: false
+  vars:
+    rolling_renew_dist_file: {build}
+    rolling_renew_bin: "{nodes}/{{{{ inventory_hostname }}}}/kubecert"
+    rolling_renew_restart: false
+  roles:
+    - kubecert.pki.rolling_renew
+""")
+    checked = play(lab_files, role, "--check")
+    assert checked.returncode == 0, out(checked)
+    assert not marker.exists(), "check mode ran an unverified kubecert"
+    assert "kubecert on master-2 is absent or not the verified build" in checked.stdout, out(checked)
+    assert (nodes / "master-2" / "kubecert").read_text().startswith("#!/bin/sh\ntouch"), "check mode copied"
+    # SHA256SUMS as `sha256sum dist/*` writes it (a directory prefix), in capitals: still the build's line
+    (dist / "SHA256SUMS").write_text(f"{hashlib.sha256(build.read_bytes()).hexdigest().upper()}  dist/{build.name}\n")
+    fifth = play(lab_files, book)
+    assert fifth.returncode == 0, out(fifth)
+    assert (nodes / "master-2" / "kubecert").read_bytes() == build.read_bytes()
+    # a relative path is refused (the lookup, the stat and the copy would each resolve it elsewhere)
+    rel = play(lab_files, book, "-e", f"rolling_renew_dist_file={build.name}")
+    assert rel.returncode != 0 and "must be absolute paths on the controller" in rel.stdout, out(rel)
     # a build that is not the one SHA256SUMS names is refused before anything is copied
     (nodes / "master-3" / "kubecert").unlink()
     build.write_text(build.read_text() + "# tampered\n")

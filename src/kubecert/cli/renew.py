@@ -59,6 +59,9 @@ from .common import (
               help="Shell command run at the end of every run that attempted a renewal, failed or not.")
 @click.option("--hook-timeout", type=click.FloatRange(1, 86400), default=300.0, show_default=True,
               metavar="SECONDS", help="How long one hook may run before it is killed.")
+@click.option("--no-hooks", is_flag=True,
+              help="Run no hook, neither ROOT/etc/kubecert/hooks/ nor --*-hook (a tool's dry run: the Ansible "
+                   "module's check mode).")
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="json: one document on stdout, the plan and what became of it (serials and times as "
                    "check -o json writes them); the human report goes to stderr.")
@@ -71,7 +74,7 @@ from .common import (
 @handle_errors
 def renew(names: tuple[str, ...], root: str, days: int, key_mode: str, key_type: Optional[str],
           update_user_kubeconfigs: bool, if_within_text: Optional[str], pre_hooks: tuple[str, ...],
-          deploy_hooks: tuple[str, ...], post_hooks: tuple[str, ...], hook_timeout: float, output: str,
+          deploy_hooks: tuple[str, ...], post_hooks: tuple[str, ...], hook_timeout: float, no_hooks: bool, output: str,
           dry_run: bool, yes: bool, restart: bool, no_rollback: bool,
           cri: Optional[str], strategy: str, service_manager: Optional[str], restart_commands: tuple[str, ...],
           gate_timeouts: tuple[str, ...], restart_timeout: float, min_days: float, force_validity: bool,
@@ -105,10 +108,14 @@ def renew(names: tuple[str, ...], root: str, days: int, key_mode: str, key_type:
         fail("--restart changes a running node: pass --yes (review the plan first with --dry-run)")
     if within is not None:
         D.check_window(within, days)
+    # parsed on --dry-run too, so that a rehearsal refuses what the real run would
     setup = runtime_setup(cri, strategy, service_manager, restart_commands, gate_timeouts,
-                          restart_timeout) if restart and not dry_run else None
+                          restart_timeout) if restart else None
     # every hook is checked before anything runs: one unsafe file refuses the whole run
-    found = H.discover(root, pre=pre_hooks, deploy=deploy_hooks, post=post_hooks, timeout=hook_timeout)
+    if no_hooks and (pre_hooks or deploy_hooks or post_hooks):
+        fail("--no-hooks and --pre-hook/--deploy-hook/--post-hook contradict each other")
+    found = H.Hooks() if no_hooks else H.discover(root, pre=pre_hooks, deploy=deploy_hooks, post=post_hooks,
+                                                timeout=hook_timeout)
     if within is not None:
         d = D.due(fs, selected, now=now, within=within, **kwargs)
         for i in d.futile:

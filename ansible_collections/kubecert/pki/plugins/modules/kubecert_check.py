@@ -88,6 +88,10 @@ profile:
   description: The node's detected profile (stacked, external-etcd, etcd-host, worker, ...).
   returned: always
   type: dict
+node:
+  description: The node as kubecert sees it (root, node name, advertise address).
+  returned: always
+  type: dict
 check_exit_code:
   description: The CLI's verdict, 0 fine, 1 warning, 2 critical.
   returned: always

@@ -13,19 +13,24 @@ module: kubecert_renew
 short_description: Renew a node's kubeadm certificates and kubeconfigs offline, only what is due
 version_added: "0.1.0"
 description:
-  - Reads the node with C(kubecert check -o json), picks among O(names) what expires within O(within)
-    (or has expired), and renews exactly those with C(kubecert renew NAME... --yes -o json), from the
-    existing certificates, with kubecert's backup, journal and rollback; then reads the node back and
-    fails if it does not hold the serials kubecert reports (RV(renewal)). A second run finds nothing due
-    and changes nothing.
-  - Certificates whose CA key is not on the node (externally managed; a worker's kubelet client cert)
-    are not renewed here; they are returned in RV(not_renewable) with the reason.
+  - Reads the node with C(kubecert check -o json) and picks among O(names) what expires within O(within)
+    (or has expired). kubecert's own dry run (C(kubecert renew NAME... --dry-run --no-hooks -o json))
+    then says what each would become; the module renews exactly those with C(kubecert renew NAME...
+    --yes -o json), from the existing certificates, with kubecert's backup, journal and rollback, and
+    reads the node back (it fails if the node does not hold the serials kubecert reports in
+    RV(renewal)). A second run finds nothing due and changes nothing.
+  - Not renewed, and returned in RV(not_renewable) with the reason - certificates whose CA key is not on
+    the node (externally managed; a worker's kubelet client cert); and certificates whose CA expires
+    within O(within) (a renewal is capped at the CA's NotAfter, so it would stay due and every run would
+    renew it again), with a warning to renew or rotate the CA.
   - With O(restart=true) the renewal is followed by kubecert's ordered, gated restart of what loads the
     renewed files (C(renew --restart)); a gate that fails restores the backup (the task then fails,
     RV(rolled_back) says whether the node is back on its old certificates and healthy).
+  - A failure after the renewal (kubecert's exit 6, a deploy or post hook failed) fails the task with
+    C(changed=true) and RV(after) read back from the node.
   - Check mode returns the plan (RV(plan), with the NotAfter kubecert would give, capped at the CA's)
-    from C(kubecert renew --dry-run -o json), so that a renewal the CLI would refuse fails here too;
-    nothing is written.
+    from kubecert's dry run, so that a renewal the CLI would refuse fails here too; nothing is written
+    and no hook runs.
   - Diff mode shows each renewed certificate's serial and NotAfter before and after.
 options:
   names:
@@ -107,13 +112,14 @@ before:
   returned: always
   type: dict
 after:
-  description: Serial and NotAfter per renewed name after the run (read back with C(kubecert check)).
+  description: Serial and NotAfter per renewed name after the run (read back with C(kubecert check));
+    empty when nothing was due.
   returned: when not in check mode
   type: dict
 rolled_back:
   description: With O(restart), whether a failed gate put the old certificates back and the node is
     healthy on them (kubecert's exit code 4); false on exit 5 (inspect the node).
-  returned: on failure with restart
+  returned: on failure with restart, when kubecert exited 4 or 5 (a gate failed)
   type: bool
 renewal:
   description: C(kubecert renew -o json) as it printed it (C(result) planned, renewed, nothing-to-renew,
@@ -151,6 +157,9 @@ def main():
         module.fail_json(msg="unknown name(s) %s; kubecert renews: all, %s" % (", ".join(unknown), ", ".join(RENEWABLE)))
     if p["days"] < 1:
         module.fail_json(msg="days must be at least 1")
+    if p["days"] * 86400 <= within:
+        module.fail_json(msg="days (%d) must be longer than within (%s): every renewed certificate would still be "
+                             "due, and each run would renew it again" % (p["days"], p["within"]))
 
     report = check(module)
     due, skipped = [], []
@@ -166,54 +175,86 @@ def main():
             continue
         due.append(rec)
 
-    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
-    target = (now + datetime.timedelta(days=p["days"])).strftime("%Y-%m-%dT%H:%M:%SZ")
-    plan = [dict(name=r["name"], path=r.get("path"), serial=r.get("serial"), not_after=r.get("expirationDate"),
-                 residual_time=r.get("residualTime"), new_not_after=target) for r in due]
-    before = dict((r["name"], state(r)) for r in due)
-    result = dict(changed=False, plan=plan, renewed=[], not_renewable=skipped, before=before)
+    result = dict(changed=False, plan=[], renewed=[], not_renewable=skipped, before={})
+    if not module.check_mode:
+        result["after"] = {}
     if not due:
         module.exit_json(**result)
 
+    # kubecert's own dry run first (no hooks: nothing runs, nothing is written): what each would become
     names = [r["name"] for r in due]
-    args = ["renew"] + names + ["--root", p["root"], "--days", str(p["days"]), "--key", p["key"], "-o", "json"]
+    common = ["--root", p["root"], "--days", str(p["days"]), "--key", p["key"], "-o", "json"]
+    # (with restart, its options too: the dry run refuses what the real run would)
+    rehearse = ["--restart"] + restart_args(p) if p["restart"] else []
+    rc, out, err = run(module, ["renew"] + names + common + ["--dry-run", "--no-hooks"] + rehearse)
+    planned = document(module, rc, out, err)
+    items = dict((i["name"], i) for i in planned.get("items", []))
+    now = datetime.datetime.now(datetime.timezone.utc)
+    go = []
+    for rec in due:
+        item = items.get(rec["name"])
+        if item is None or item.get("action") != "renew":
+            skipped.append(dict(name=rec["name"], reason=(item or {}).get("reason") or "kubecert would not renew it"))
+        elif left(item.get("newNotAfter"), now) <= within:
+            # capped at its CA's NotAfter: renewing cannot take it out of the window, and every run would
+            # renew (and restart) again; the CA has to be renewed or rotated first
+            why = "its CA expires %s, within %s: renew or rotate the CA first" % (item.get("newNotAfter"), p["within"])
+            module.warn("%s: %s" % (rec["name"], why))
+            skipped.append(dict(name=rec["name"], reason=why))
+        else:
+            go.append(rec)
+    names = [r["name"] for r in go]
+    plan = [dict(name=r["name"], path=r.get("path"), serial=r.get("serial"), not_after=r.get("expirationDate"),
+                 residual_time=r.get("residualTime"), new_not_after=items[r["name"]].get("newNotAfter")) for r in go]
+    before = dict((r["name"], state(r)) for r in go)
+    result.update(plan=plan, before=before, not_renewable=skipped)
+    if not names:
+        module.exit_json(**result)
     if module.check_mode:
-        rc, out, err = run(module, args + ["--dry-run"])
-        doc = document(module, rc, out, err)
-        planned = dict((i["name"], i) for i in doc.get("items", []) if i.get("action") == "renew")
-        for item in plan:  # the NotAfter kubecert would give (capped at the CA's), not an estimate
-            item["new_not_after"] = planned.get(item["name"], {}).get("newNotAfter", item["new_not_after"])
-        result.update(changed=True, renewed=names, renewal=doc)
+        result.update(changed=True, renewed=names, renewal=planned)
         if module._diff:
             result["diff"] = dict(before=before, after=dict(
-                (n, dict(serial="(new)", not_after=planned.get(n, {}).get("newNotAfter", target))) for n in names))
+                (n, dict(serial="(new)", not_after=items[n].get("newNotAfter"))) for n in names))
         module.exit_json(**result)
 
+    args = ["renew"] + names + common + ["--yes"]
     if p["restart"]:
         args += ["--restart"] + restart_args(p)
-    rc, out, err = module.run_command([p["kubecert_bin"]] + args + ["--yes"])
+    rc, out, err = module.run_command([p["kubecert_bin"]] + args)
     doc = document(module, rc, out, err, required=rc == 0)
     result["renewal"] = doc
+    if doc is not None and doc.get("result") in ("renewed", "rolled-back", "failed"):
+        # read back from disk: what kubecert says it wrote must be what the node now holds (after a
+        # rollback: the old serials again)
+        after_report = check(module)
+        after = dict((r["name"], state(r)) for r in records(after_report) if r["name"] in before)
+        renewed = [n for n in names if after.get(n, {}).get("serial") != before[n]["serial"]]
+        result.update(changed=bool(renewed), renewed=renewed, after=after)
+        if module._diff:
+            result["diff"] = dict(before=dict((n, before[n]) for n in renewed),
+                                  after=dict((n, after[n]) for n in renewed))
+        written = dict((i["name"], i.get("newSerial")) for i in doc.get("items", []) if i.get("action") == "renew")
+        if rc == 0:
+            for n in names:
+                if n in written and after.get(n, {}).get("serial") != written[n]:
+                    module.fail_json(msg="%s: kubecert renewed it to serial %s but the node holds %s" % (
+                        n, written[n], after.get(n, {}).get("serial")), **result)
     if rc != 0:
+        # exit 6: renewed (and restarted) but a hook failed, so changed may well be true here
         fail = dict(result, msg=last_line(err) or last_line(out) or "kubecert renew exited with %d" % rc, rc=rc,
                     stderr=err)
-        if p["restart"]:
+        if p["restart"] and rc in (4, 5):
             fail["rolled_back"] = rc == 4
         module.fail_json(**fail)
-
-    # read back from disk (what kubecert says it wrote must be what the node now holds)
-    after_report = check(module)
-    after = dict((r["name"], state(r)) for r in records(after_report) if r["name"] in before)
-    written = dict((i["name"], i.get("newSerial")) for i in doc.get("items", []) if i.get("action") == "renew")
-    for n in names:
-        if n in written and after.get(n, {}).get("serial") != written[n]:
-            module.fail_json(msg="%s: kubecert renewed it to serial %s but the node holds %s" % (
-                n, written[n], after.get(n, {}).get("serial")), **result)
-    renewed = [n for n in names if after.get(n, {}).get("serial") != before[n]["serial"]]
-    result.update(changed=bool(renewed), renewed=renewed, after=after)
-    if module._diff:
-        result["diff"] = dict(before=dict((n, before[n]) for n in renewed), after=dict((n, after[n]) for n in renewed))
     module.exit_json(**result)
+
+
+def left(when, now):
+    """Seconds from now to an RFC 3339 time of kubecert's (a long way off when absent)."""
+    if not when:
+        return float("inf")
+    t = datetime.datetime.strptime(when, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
+    return (t - now).total_seconds()
 
 
 def document(module, rc, out, err, required=True):

@@ -1,0 +1,190 @@
+"""kubecert.pki's modules and role on the edges an operator meets: a CA that expires within the renewal
+window, `days` no longer than `within`, a hook that fails after the renewal, check mode and hooks, and
+certificates missing or unreadable after the role's renewal.
+
+Each host is a `kubecert lab create` tree reached with Ansible's local connection (what is tested is
+the modules' decisions, not the transport; over real sshd they run in test_ansible.py). kubecert on
+the "node" is the installed package behind a two-line wrapper.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict
+
+import pytest
+
+pytest.importorskip("ansible", reason="ansible-core is not installed (pip install ansible-core)")
+
+from netlab import tree_state  # noqa: E402
+
+pytestmark = pytest.mark.timeout(300)
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+STATE = "etc/kubernetes/.kubecert"
+
+
+def lab(base: Path, *opts: str) -> Path:
+    r = subprocess.run([sys.executable, "-m", "kubecert", "lab", "create", str(base / "lab"), "--nodes", "1", *opts],
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr
+    return base / "lab" / "master-1"
+
+
+def run_play(base: Path, root: Path, tasks: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    """One play on host master-1 (local connection, kubecert's root = ``root``); the last task's result
+    goes to base/result.json when the play registers ``out``."""
+    wrapper = base / "kubecert-wrapper"
+    wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} -m kubecert \"$@\"\n")
+    wrapper.chmod(0o755)
+    book = base / "play.yml"
+    book.write_text(f"""
+- hosts: master-1
+  gather_facts: false
+  vars:
+    node_root: {root}
+    kc: {wrapper}
+  tasks:
+{tasks}
+""")
+    inventory = base / "inventory.ini"
+    inventory.write_text(f"master-1 ansible_connection=local ansible_python_interpreter={sys.executable}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "KUBECERT_"))}
+    env.update(ANSIBLE_CONFIG=str(base / "no-ansible.cfg"), ANSIBLE_HOME=str(base / "ansible-home"),
+               ANSIBLE_LOCAL_TEMP=str(base / "ansible-home" / "tmp"), ANSIBLE_COLLECTIONS_PATH=str(REPO),
+               ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", ANSIBLE_DEPRECATION_WARNINGS="False",
+               PYTHONWARNINGS="ignore")
+    return subprocess.run([str(BIN / "ansible-playbook"), "-i", str(inventory), str(book), *extra],
+                          capture_output=True, text=True, timeout=240, env=env, check=False)
+
+
+def out(r: subprocess.CompletedProcess[str]) -> str:
+    return f"exit {r.returncode}\n--- stdout ---\n{r.stdout[-8000:]}\n--- stderr ---\n{r.stderr[-3000:]}"
+
+
+RENEW = """    - name: renew
+      kubecert.pki.kubecert_renew:
+        root: "{{{{ node_root }}}}"
+        kubecert_bin: "{{{{ kc }}}}"
+{options}
+      register: out
+      ignore_errors: true
+    - name: keep the result
+      ansible.builtin.copy:
+        content: "{{{{ out | to_json }}}}"
+        dest: "{result}"
+      delegate_to: localhost
+      check_mode: false
+"""
+
+
+def renew(base: Path, root: Path, *extra: str, **options: Any) -> Dict[str, Any]:
+    opts = "\n".join(f"        {k}: {json.dumps(v)}" for k, v in options.items())
+    r = run_play(base, root, RENEW.format(options=opts, result=base / "result.json"), *extra)
+    assert r.returncode == 0, out(r)  # the renew task's own failure is in the result (ignore_errors)
+    result: Dict[str, Any] = json.loads((base / "result.json").read_text())
+    result["_stdout"] = r.stdout
+    return result
+
+
+def hook(root: Path, phase: str, body: str) -> None:
+    d = root / "etc/kubecert/hooks" / phase
+    d.mkdir(parents=True, exist_ok=True)
+    for p in (root / "etc/kubecert", root / "etc/kubecert/hooks", d):
+        p.chmod(0o755)
+    f = d / "10-test"
+    f.write_text(f"#!/bin/sh\n{body}\n")
+    f.chmod(0o755)
+
+
+def test_a_ca_expiring_within_the_window_is_not_renewed_again_and_again(tmp_path: Path) -> None:
+    """The lab's CAs were made 3650 days before 2026-12-25: every leaf they sign, renewed now, would be
+    capped at that date, within 30 days, so due again at the next run (and restarted again, with
+    restart). The module renews none of them and says why; only the kubelet's self-signed serving cert
+    (no CA to cap it) is renewed, once."""
+    root = lab(tmp_path, "--now", "2016-12-27T00:00:00Z")
+    res = renew(tmp_path, root, within="30d")
+    assert res.get("failed") is not True, res
+    assert res["changed"] is True and res["renewed"] == ["kubelet-server"], res
+    reasons = {n["name"]: n["reason"] for n in res["not_renewable"]}
+    assert {"apiserver", "etcd-server", "front-proxy-client", "admin.conf"} <= set(reasons), reasons
+    assert all("renew or rotate the CA first" in why for why in reasons.values()), reasons
+    assert any(w.startswith("apiserver: its CA expires 2026-12-25") for w in res["warnings"]), res["warnings"]
+    trees = tree_state(root, skip=[STATE])
+    again = renew(tmp_path, root, within="30d")
+    assert again["changed"] is False and again["renewed"] == [], again
+    assert tree_state(root, skip=[STATE]) == trees
+    # a window the capped NotAfter clears: renewed, once
+    res = renew(tmp_path, root, within="7d")
+    assert res["changed"] is True and "apiserver" in res["renewed"], res
+    again = renew(tmp_path, root, within="7d")
+    assert again["changed"] is False, again
+
+
+def test_days_no_longer_than_within_is_refused(tmp_path: Path) -> None:
+    root = lab(tmp_path, "--expires-in", "5d")
+    trees = tree_state(root)
+    res = renew(tmp_path, root, within="30d", days=30)
+    assert res["failed"] is True and "must be longer than within" in res["msg"], res
+    assert tree_state(root) == trees
+
+
+def test_a_hook_failing_after_the_renewal_fails_the_task_as_changed(tmp_path: Path) -> None:
+    root = lab(tmp_path, "--expires-in", "5d")
+    hook(root, "post", "exit 1")
+    res = renew(tmp_path, root)
+    assert res["failed"] is True and res["rc"] == 6, res
+    assert res["changed"] is True and "apiserver" in res["renewed"], res  # renewed, then the hook failed
+    assert res["after"]["apiserver"]["serial"] != res["before"]["apiserver"]["serial"]
+    assert res["renewal"]["result"] == "renewed"
+    assert "rolled_back" not in res
+
+
+def test_check_mode_runs_no_hook(tmp_path: Path) -> None:
+    root = lab(tmp_path, "--expires-in", "5d")
+    marker = tmp_path / "pre-hook-ran"
+    hook(root, "pre", f"touch {marker}")
+    trees = tree_state(root)
+    res = renew(tmp_path, root, "--check")
+    assert res["changed"] is True and res["renewal"]["result"] == "planned", res
+    assert not marker.exists(), "a hook ran in check mode"
+    assert tree_state(root) == trees
+    res = renew(tmp_path, root)  # for real: the hook runs (so the check above can fail)
+    assert res["changed"] is True and marker.exists(), res
+
+
+ROLE = """    - name: the role, no restart (nothing runs here), kubecert already on the node
+      ansible.builtin.include_role:
+        name: kubecert.pki.rolling_renew
+      vars:
+        rolling_renew_root: "{{ node_root }}"
+        rolling_renew_bin: "{{ kc }}"
+        rolling_renew_install: false
+        rolling_renew_restart: false
+"""
+
+
+def test_the_role_fails_a_node_with_a_missing_or_unreadable_certificate(tmp_path: Path) -> None:
+    """Nothing is due there (renewal cannot help), but the node is broken: the role says so."""
+    root = lab(tmp_path)
+    ok = run_play(tmp_path, root, ROLE)
+    assert ok.returncode == 0, out(ok)
+    (root / "etc/kubernetes/pki/apiserver.crt").unlink()
+    (root / "etc/kubernetes/pki/front-proxy-client.crt").write_text("garbage\n")
+    r = run_play(tmp_path, root, ROLE)
+    assert r.returncode != 0, out(r)
+    assert "apiserver" in r.stdout and "front-proxy-client" in r.stdout and "No certificate is missing" in r.stdout, out(r)
+
+
+def test_check_mode_refuses_what_the_real_run_would(tmp_path: Path) -> None:
+    """restart options kubecert would refuse fail the check too (kubecert's dry run parses them)."""
+    root = lab(tmp_path, "--expires-in", "5d")
+    res = renew(tmp_path, root, "--check", restart=True, gate_timeout=["abc"])
+    assert res["failed"] is True and "--gate-timeout" in res["msg"] and "'abc'" in res["msg"], res
+    res = renew(tmp_path, root, "--check", restart=True, gate_timeout=["90", "etcd=180"])
+    assert res.get("failed") is not True and res["changed"] is True, res
