@@ -1,7 +1,9 @@
 """The collection's fleet playbook (ansible_collections/kubecert/pki/playbooks/fleet.yml) on a fleet of
 three lab clusters in one kubespray-style inventory: the order it takes them in (one cluster at a
 time, or two at once), that it renews every node and changes nothing the second time, and that the
-first node that fails stops the whole fleet.
+first node that fails stops the whole fleet; that --limit plans over the limited hosts alone, worker
+batches as a percentage, and the plans it refuses (a host in two clusters, a kube node in none, batch sizes
+below one).
 
 Every host here is a `kubecert lab create` tree on this machine reached with Ansible's local
 connection: what is under test is the batching and the stop, which do not depend on the transport
@@ -18,7 +20,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Set
+from typing import Any, Callable, Dict, List, Set
 
 import pytest
 import yaml
@@ -87,6 +89,13 @@ def write_inventory(base: Path, roots: Dict[str, Path]) -> Path:
     path = base / "fleet.yml"
     path.write_text(yaml.safe_dump(inv, sort_keys=False))
     return path
+
+
+def edit_inventory(inventory: Path, edit: Callable[[Dict[str, Any]], None]) -> None:
+    """Rewrite the inventory written by write_inventory: edit gets all's children (group -> {hosts: ...})."""
+    inv = yaml.safe_load(inventory.read_text())
+    edit(inv["all"]["children"])
+    inventory.write_text(yaml.safe_dump(inv, sort_keys=False))
 
 
 def fleet(base: Path, inventory: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -165,7 +174,7 @@ def test_fleet_one_cluster_at_a_time_then_nothing_left_to_do(tmp_path: Path) -> 
     again = fleet(tmp_path, inventory, "-e", "kubecert_worker_batch=2")
     assert again.returncode == 0, out(again)
     rc = recap(again)
-    assert set(rc) == set(roots) | {"localhost"}, out(again)
+    assert set(rc) == set(roots), out(again)  # the plan runs on the fleet's hosts (no localhost in the inventory)
     assert all(c["changed"] == 0 and c["failed"] == 0 for c in rc.values()), out(again)
     assert {h: tree_state(root) for h, root in roots.items()} == trees
 
@@ -204,3 +213,139 @@ def test_the_first_failure_stops_the_fleet(tmp_path: Path) -> None:
         else:
             assert tree_state(root, skip=[STATE]) == trees[host], host  # b-master-1 included: nothing written
             assert rc.get(host, {}).get("changed", 0) == 0, (host, out(r))
+
+
+def refused(r: subprocess.CompletedProcess[str]) -> str:
+    """The refusal's message (the play's assert), after checking the fleet stopped before any node."""
+    assert r.returncode != 0, out(r)
+    assert batches(r) == [], out(r)
+    assert "PLAY [Renew the fleet" not in r.stdout, out(r)
+    m = re.search(r"^fatal: \[[^\]]+\]: FAILED! => (\{.*\})$", r.stdout, re.M)
+    assert m, out(r)
+    msg = str(json.loads(m.group(1))["msg"])
+    assert msg.startswith("refused: ") and msg.endswith("nothing was renewed"), msg
+    return msg
+
+
+def test_limit_plans_only_the_limited_hosts(tmp_path: Path) -> None:
+    """--limit: the batches are made of the limited hosts (serial's sizes fit the hosts that run); the
+    plan runs without localhost in the limit or in the inventory. Check mode: nothing is written."""
+    roots = make_fleet(tmp_path)
+    inventory = write_inventory(tmp_path, roots)
+    trees = {h: tree_state(root) for h, root in roots.items()}
+    limit = "localhost,a-etcd-1,a-worker-1,a-worker-2,a-worker-3,b-master-1,b-master-2"
+    r = fleet(tmp_path, inventory, "--check", "-e", "kubecert_worker_batch=2", "--limit", limit)
+    assert r.returncode == 0, out(r)
+    assert batches(r) == [{"a-etcd-1"}, {"a-worker-1", "a-worker-2"}, {"a-worker-3"},
+                          {"b-master-1"}, {"b-master-2"}], out(r)
+    assert set(recap(r)) == set(limit.split(",")) - {"localhost"}, out(r)
+
+    # two clusters at a time over what the limit leaves: a's etcd-2 and b's masters pair up, c after
+    r = fleet(tmp_path, inventory, "--check", "-e", "kubecert_parallel_clusters=2", "--limit", "a-etcd-2,b-master-*,c-*")
+    assert r.returncode == 0, out(r)
+    assert batches(r) == [{"a-etcd-2"}, {"b-master-1"}, {"b-master-2"}, {"c-master-1"}], out(r)
+    assert {h: tree_state(root) for h, root in roots.items()} == trees
+
+
+def test_limit_to_one_cluster_renews_it_in_order(tmp_path: Path) -> None:
+    """--limit cluster_b (no localhost in it): b is renewed, control planes one at a time then its workers,
+    and nothing else is touched."""
+    roots = make_fleet(tmp_path)
+    inventory = write_inventory(tmp_path, roots)
+    trees = {h: tree_state(root) for h, root in roots.items()}
+    r = fleet(tmp_path, inventory, "--limit", "cluster_b")
+    assert r.returncode == 0, out(r)
+    assert batches(r) == [{"b-master-1"}, {"b-master-2"}, {"b-worker-1", "b-worker-2"}], out(r)
+    assert set(recap(r)) == {h for h in roots if h.startswith("b-")}, out(r)
+    for host, root in roots.items():
+        if host.startswith("b-"):
+            assert not due(root), host
+        else:
+            assert tree_state(root) == trees[host], host
+
+
+def test_a_host_in_two_cluster_groups_is_refused(tmp_path: Path) -> None:
+    """A child group of cluster_b that also matches the prefix, and one host listed in two clusters: the
+    plan is refused, naming each such host and its groups, before any node is renewed."""
+    roots = make_fleet(tmp_path)
+    inventory = write_inventory(tmp_path, roots)
+
+    def edit(groups: Dict[str, Any]) -> None:
+        b = groups["cluster_b"]["hosts"]
+        groups["cluster_b"] = {"hosts": {h: v for h, v in b.items() if "worker" not in h},
+                               "children": {"cluster_b_workers": {"hosts": {h: v for h, v in b.items() if "worker" in h}}}}
+        groups["cluster_a"]["hosts"]["c-master-1"] = None
+
+    edit_inventory(inventory, edit)
+    trees = {h: tree_state(root) for h, root in roots.items()}
+    msg = refused(fleet(tmp_path, inventory, "-e", "kubecert_worker_batch=2"))
+    assert "3 host(s) in more than one cluster group" in msg, msg
+    for shared in ("b-worker-1 (cluster_b, cluster_b_workers)", "b-worker-2 (cluster_b, cluster_b_workers)",
+                   "c-master-1 (cluster_a, cluster_c)"):
+        assert shared in msg, msg
+    assert {h: tree_state(root) for h, root in roots.items()} == trees
+
+    # only the run's hosts count: with c out of the run, c-master-1 is not planned twice (the workers' child group still is)
+    msg = refused(fleet(tmp_path, inventory, "--check", "--limit", "cluster_b"))
+    assert "2 host(s)" in msg and "c-master-1" not in msg, msg
+
+
+def test_kube_nodes_outside_every_cluster_are_refused_and_other_hosts_left_out(tmp_path: Path) -> None:
+    """A kube node in no cluster group (it would never be renewed) refuses the plan; a host of a cluster
+    group in none of etcd / kube_control_plane / kube_node (a bastion) is left out, and the plan says so."""
+    roots = make_fleet(tmp_path)
+    inventory = write_inventory(tmp_path, roots)
+
+    def orphan(groups: Dict[str, Any]) -> None:
+        del groups["cluster_a"]["hosts"]["a-worker-3"]
+        del groups["cluster_b"]["hosts"]["b-master-2"]
+
+    edit_inventory(inventory, orphan)
+    trees = {h: tree_state(root) for h, root in roots.items()}
+    msg = refused(fleet(tmp_path, inventory, "-e", "kubecert_worker_batch=2"))
+    assert "2 host(s) of etcd / kube_control_plane / kube_node in no cluster group" in msg, msg
+    assert re.search(r": (a-worker-3, b-master-2|b-master-2, a-worker-3); ", msg), msg
+    assert {h: tree_state(root) for h, root in roots.items()} == trees
+    # a kube node in no cluster but out of the run (--limit) is no reason to refuse the run
+    r = fleet(tmp_path, inventory, "--check", "--limit", "cluster_c")
+    assert r.returncode == 0, out(r)
+    assert batches(r) == [{"c-master-1"}], out(r)
+
+    inventory = write_inventory(tmp_path, roots)
+    edit_inventory(inventory, lambda groups: groups["cluster_b"]["hosts"].update({"b-bastion": None}))
+    r = fleet(tmp_path, inventory, "--check", "-e", "kubecert_worker_batch=2")
+    assert r.returncode == 0, out(r)
+    assert "not renewed, in none of etcd / kube_control_plane / kube_node: cluster_b: b-bastion" in r.stdout, out(r)
+    assert batches(r) == [{"a-etcd-1"}, {"a-etcd-2"}, {"a-master-1"}, {"a-master-2"},
+                          {"a-worker-1", "a-worker-2"}, {"a-worker-3"},
+                          {"b-master-1"}, {"b-master-2"}, {"b-worker-1", "b-worker-2"},
+                          {"c-master-1"}], out(r)
+    # a run with no kube node of any cluster in it is refused rather than doing nothing
+    msg = refused(fleet(tmp_path, inventory, "--check", "--limit", "b-bastion"))
+    assert "hold no host of etcd / kube_control_plane / kube_node in a cluster group" in msg, msg
+
+
+def test_worker_batch_as_a_percentage_and_sizes_below_one_refused(tmp_path: Path) -> None:
+    """kubecert_worker_batch=50%: ceil(50% of each cluster's workers), a's 3 -> 2, b's 2 -> 1; 10% -> 1
+    (at least one). 0, 0%, abc and kubecert_parallel_clusters=0 are refused before any node."""
+    roots = make_fleet(tmp_path)
+    inventory = write_inventory(tmp_path, roots)
+    r = fleet(tmp_path, inventory, "--check", "-e", "kubecert_parallel_clusters=2", "-e", "kubecert_worker_batch=50%")
+    assert r.returncode == 0, out(r)
+    assert batches(r) == [{"a-etcd-1"}, {"a-etcd-2"}, {"a-master-1", "b-master-1"}, {"a-master-2", "b-master-2"},
+                          {"a-worker-1", "a-worker-2", "b-worker-1"}, {"a-worker-3", "b-worker-2"},
+                          {"c-master-1"}], out(r)
+    r = fleet(tmp_path, inventory, "--check", "-e", "kubecert_worker_batch=10%", "--limit", "cluster_a")
+    assert r.returncode == 0, out(r)
+    assert batches(r) == [{"a-etcd-1"}, {"a-etcd-2"}, {"a-master-1"}, {"a-master-2"},
+                          {"a-worker-1"}, {"a-worker-2"}, {"a-worker-3"}], out(r)
+
+    trees = {h: tree_state(root) for h, root in roots.items()}
+    for value in ("0", "0%", "-1", "abc", "2.5"):
+        msg = refused(fleet(tmp_path, inventory, "-e", f"kubecert_worker_batch={value}"))
+        assert "kubecert_worker_batch must be a whole number >= 1 or a percentage > 0" in msg, msg
+        assert f"it is {json.dumps(value)}" in msg, msg
+    for value in ("0", "-2", "all"):
+        msg = refused(fleet(tmp_path, inventory, "-e", f"kubecert_parallel_clusters={value}"))
+        assert f"kubecert_parallel_clusters must be a whole number >= 1, it is {json.dumps(value)}" in msg, msg
+    assert {h: tree_state(root) for h, root in roots.items()} == trees
