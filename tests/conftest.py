@@ -138,7 +138,7 @@ SERIAL_GROUPS = {"test_netns_cluster.py": "netns-cluster", "test_netns_recover.p
                  "test_ansible.py": "netns-cluster"}  # Ansible's plays run against a netns lab too
 FIRST = ("test_netns_cluster.py", "test_netns_recover.py", "test_ansible.py", "test_real_control_plane.py",
          "test_restart.py", "test_ca_rotate_real.py", "test_fakenode.py", "test_dist.py", "test_renew_real.py",
-         "test_ca_renew_real.py")
+         "test_ca_renew_real.py", "test_ansible_fleet.py")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
