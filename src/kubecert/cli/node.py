@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Optional
 
@@ -24,9 +25,11 @@ from .common import (
 @click.argument("components", nargs=-1, type=click.Choice(spec.COMPONENTS))
 @root_option
 @click.option("--yes", "-y", is_flag=True, help="Restart without asking.")
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: one document on stdout (each restart and its gate's checks); the report goes to stderr.")
 @runtime_options
 @handle_errors
-def restart(components: tuple[str, ...], root: str, yes: bool, cri: Optional[str], strategy: str,
+def restart(components: tuple[str, ...], root: str, yes: bool, output: str, cri: Optional[str], strategy: str,
             service_manager: Optional[str], restart_commands: tuple[str, ...], gate_timeouts: tuple[str, ...],
             restart_timeout: float) -> None:
     """Restart components in order (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
@@ -42,7 +45,8 @@ def restart(components: tuple[str, ...], root: str, yes: bool, cri: Optional[str
     fs = LocalFS(root)
     options, timeouts = runtime_setup(cri, strategy, service_manager, restart_commands, gate_timeouts,
                                        restart_timeout)
-    console = console_for()
+    as_json = output == "json"
+    console = console_for(err=as_json)
     with fs.lock(LOCK):
         verifier = Verifier(fs)
         wanted = list(components) or list(verifier.components)
@@ -56,6 +60,11 @@ def restart(components: tuple[str, ...], root: str, yes: bool, cri: Optional[str
                 fail("aborted", 1)
         seq = restart_in_order(verifier, choices, wanted, timeouts, progress_printer(console))
     print_steps(seq.steps, console, "Restarts and health gates")
+    if as_json:
+        from ..report.renewal import steps_data
+
+        click.echo(json.dumps({"kind": "Restart", "root": root, "components": wanted, "ok": seq.ok,
+                               "restarts": steps_data(seq.steps), "exitCode": 0 if seq.ok else 2}, indent=2))
     if not seq.ok:
         failed = seq.failed
         fail(f"{failed.component if failed else 'a component'} failed its restart or health gate", 2)

@@ -13,10 +13,11 @@ module: kubecert_restart
 short_description: Restart a node's Kubernetes components in order, each gated on its health
 version_added: "0.1.0"
 description:
-  - Runs C(kubecert restart COMPONENT... --yes) on the node - etcd, kube-apiserver,
+  - Runs C(kubecert restart COMPONENT... --yes -o json) on the node - etcd, kube-apiserver,
     kube-controller-manager, kube-scheduler, kubelet, in that order, each followed by its health gate
     (etcd cluster health, apiserver C(/readyz) and served certificate, the healthz endpoints) - and
-    stops at the first failure, which fails the task with kubecert's one-line error.
+    stops at the first failure, which fails the task with kubecert's one-line error (RV(restarts) says
+    which component failed which check).
   - Check mode changes nothing and reports the restart as a change that would happen.
 options:
   components:
@@ -53,20 +54,23 @@ EXAMPLES = r"""
 
 RETURN = r"""
 components:
-  description: The components asked for (empty = every component found on the node).
+  description: The components restarted (in check mode, those asked for; empty = every component found).
   returned: always
   type: list
   elements: str
-stdout_lines:
-  description: kubecert's report of each restart and gate, for people (not parsed).
+restarts:
+  description: C(kubecert restart -o json)'s C(restarts) - per component, in order, the adapter, whether
+    the restart and its health gate passed (C(ok)), and each gate check (name, target, ok, detail).
   returned: when not in check mode
   type: list
-  elements: str
+  elements: dict
 """
+
+import json
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kubecert.pki.plugins.module_utils.kubecert import (
-    common_argument_spec, restart_args, restart_argument_spec, run)
+    common_argument_spec, last_line, restart_args, restart_argument_spec)
 
 
 def main():
@@ -82,11 +86,22 @@ def main():
     result = dict(changed=True, components=p["components"])
     if module.check_mode:
         module.exit_json(**result)
-    args = ["restart"] + p["components"] + ["--root", p["root"], "--yes"] + restart_args(p)
+    args = ["restart"] + p["components"] + ["--root", p["root"], "--yes", "-o", "json"] + restart_args(p)
     if p["restart_timeout"] is not None:
         args += ["--restart-timeout", str(p["restart_timeout"])]
-    rc, out, err = run(module, args)
-    result["stdout_lines"] = out.splitlines()
+    rc, out, err = module.run_command([p["kubecert_bin"]] + args)
+    try:
+        doc = json.loads(out)
+    except ValueError:
+        doc = None
+    if doc is not None:
+        result.update(components=doc.get("components", p["components"]), restarts=doc.get("restarts", []))
+    if rc != 0 or doc is None:
+        # with a document a restart sequence ran (components may be down: a change); without one,
+        # kubecert refused before restarting anything
+        result["changed"] = doc is not None
+        module.fail_json(msg=last_line(err) or "kubecert restart exited with %d and printed no JSON" % rc,
+                         rc=rc, stderr=err, **result)
     module.exit_json(**result)
 
 

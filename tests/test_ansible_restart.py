@@ -1,0 +1,113 @@
+"""kubecert.pki.kubecert_restart on a running node: a lab master under the fake kubelet with real etcd,
+kube-apiserver, kube-controller-manager and kube-scheduler (tests/fakenode: the container runtime and
+systemd are stand-ins, behind the same adapters as on a real node). Ansible reaches it with the local
+connection; kubecert on the "node" is the installed package, run in the node's environment (the
+stand-ins' PATH), through a wrapper.
+
+Check mode restarts nothing; a restart returns each component's restart and gate checks from
+`kubecert restart -o json` and the containers are new; a component that never comes back fails the task
+with the failed check named.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Tuple
+
+import pytest
+
+pytest.importorskip("ansible", reason="ansible-core is not installed (pip install ansible-core)")
+
+from fakenode.fixture import FakeNode, NodePorts, lab_node, running_node, runtime_socket  # noqa: E402
+
+pytestmark = pytest.mark.timeout(600)
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Tuple[Path, NodePorts, FakeNode]]:
+    root, ports = lab_node(tmp_path / "lab")
+    runtime_socket(root, "containerd")
+    with running_node(root, tmp_path) as n:
+        n.install_unit_file("kubelet")
+        yield root, ports, n
+
+
+def restart(tmp_path: Path, root: Path, n: FakeNode, *extra: str, **options: Any) -> Dict[str, Any]:
+    wrapper = tmp_path / "kubecert-wrapper"
+    env = dict(n.env)
+    if os.environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    assigns = " ".join(shlex.quote(f"{k}={v}") for k, v in env.items())
+    wrapper.write_text(f"#!/bin/sh\nexec env -i {assigns} {shlex.quote(sys.executable)} -m kubecert \"$@\"\n")
+    wrapper.chmod(0o755)
+    opts = "\n".join(f"        {k}: {json.dumps(v)}" for k, v in options.items())
+    book = tmp_path / "restart.yml"
+    book.write_text(f"""
+- hosts: master-1
+  gather_facts: false
+  tasks:
+    - name: restart
+      kubecert.pki.kubecert_restart:
+        root: {root}
+        kubecert_bin: {wrapper}
+{opts}
+      register: out
+      ignore_errors: true
+    - name: keep the result
+      ansible.builtin.copy:
+        content: "{{{{ out | to_json }}}}"
+        dest: {tmp_path / 'result.json'}
+      delegate_to: localhost
+      check_mode: false
+""")
+    inventory = tmp_path / "inventory.ini"
+    inventory.write_text(f"master-1 ansible_connection=local ansible_python_interpreter={sys.executable}\n")
+    aenv = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "KUBECERT_"))}
+    aenv.update(ANSIBLE_CONFIG=str(tmp_path / "no-ansible.cfg"), ANSIBLE_HOME=str(tmp_path / "ansible-home"),
+                ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-home" / "tmp"), ANSIBLE_COLLECTIONS_PATH=str(REPO),
+                ANSIBLE_NOCOLOR="1", ANSIBLE_DEPRECATION_WARNINGS="False", PYTHONWARNINGS="ignore")
+    r = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(inventory), str(book), *extra],
+                       capture_output=True, text=True, timeout=400, env=aenv, check=False)
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
+    result: Dict[str, Any] = json.loads((tmp_path / "result.json").read_text())
+    return result
+
+
+def stops(n: FakeNode) -> List[List[str]]:
+    return [c for c in n.calls() if c[:2] == ["crictl", "stop"]]
+
+
+def test_restart_module_check_mode_restart_and_a_failed_gate(node: Tuple[Path, NodePorts, FakeNode],
+                                                             tmp_path: Path) -> None:
+    root, _, n = node
+    before = {c: n.container_id(c) for c in ("etcd", "kube-apiserver")}
+
+    planned = restart(tmp_path, root, n, "--check", components=["etcd", "kube-apiserver"])
+    assert planned["changed"] is True and planned.get("failed") is not True, planned
+    assert stops(n) == [] and {c: n.container_id(c) for c in before} == before, "check mode restarted something"
+
+    done = restart(tmp_path, root, n, components=["etcd", "kube-apiserver"], gate_timeout=["90"])
+    assert done.get("failed") is not True and done["changed"] is True, done
+    assert [s["component"] for s in done["restarts"]] == ["etcd", "kube-apiserver"], done["restarts"]
+    assert all(s["ok"] and s["gate"]["ok"] for s in done["restarts"]), done["restarts"]
+    checks = {c["name"] for s in done["restarts"] for c in s["gate"]["checks"]}
+    assert "served-cert" in checks, checks
+    after = {c: n.container_id(c) for c in before}
+    assert all(after[c] and after[c] != before[c] for c in before), (before, after)
+    assert [s[2] for s in stops(n)] == [before["etcd"], before["kube-apiserver"]]
+
+    n.fail_start("kube-apiserver")
+    failed = restart(tmp_path, root, n, components=["kube-apiserver"], gate_timeout=["10"])
+    assert failed["failed"] is True and failed["rc"] == 2 and failed["changed"] is True, failed
+    assert "kube-apiserver failed its restart or health gate" in failed["msg"], failed["msg"]
+    (step,) = failed["restarts"]
+    assert step["component"] == "kube-apiserver" and step["ok"] is False, step
+    assert not all(c["ok"] for c in step["gate"]["checks"]), step
