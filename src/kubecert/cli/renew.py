@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Optional
 
 import click
 
@@ -99,7 +99,7 @@ def renew(names: tuple[str, ...], root: str, days: int, key_mode: str, key_type:
     profile = spec.parse_profile(profile_text) if profile_text else None
     as_json = output == "json"
     console: Any = console_for(err=as_json) if restart else Plain(err=as_json)
-    emit = _emitter(as_json)
+    emit = _emitter(as_json, fs.display)
     selected = list(names) or ["all"]
     kwargs: dict[str, Any] = dict(days=days, key_mode=key_mode, key_type=key_type, profile=profile,
                   update_user_kubeconfigs=update_user_kubeconfigs, clock=real_now(), min_days=min_days,
@@ -126,7 +126,7 @@ def renew(names: tuple[str, ...], root: str, days: int, key_mode: str, key_type:
             after = f" (soonest: {fmt_time(soonest)} UTC)" if soonest is not None else ""
             console.print(f"nothing among {' '.join(selected)} expires within {if_within_text}{after}; "
                           "nothing to do")
-            emit(RJ.renewal_data("not-due", d.plan, exit_code=2 if d.plan.stranded else 0, display=fs.display))
+            emit("not-due", d.plan, exit_code=2 if d.plan.stranded else 0)
             _fail_on_stranded(d.plan)
             return
         # the run renews every selected name, as `renew all` means (certbot renews the whole lineage);
@@ -150,14 +150,14 @@ def renew(names: tuple[str, ...], root: str, days: int, key_mode: str, key_type:
         if session is None:
             p = R.plan(fs, selected, now=now, **kwargs)
             print_dry_run(p, console)
-            emit(RJ.renewal_data("planned", p, dry_run=True, display=fs.display))
+            emit("planned", p, dry_run=True)
             return
         with session.guard():
             p = R.plan(fs, selected, now=now, **kwargs)
             if p.writes:  # hooks run only when a renewal would be attempted, as certbot's
                 session.pre([i.name for i in p.renewed])
             print_dry_run(p, console)
-        emit(RJ.renewal_data("planned", p, dry_run=True, exit_code=EXIT_HOOK if session.failures else 0, display=fs.display))
+        emit("planned", p, dry_run=True, exit_code=EXIT_HOOK if session.failures else 0)
         _fail_on_hooks(session)
         return
     if restart:
@@ -172,14 +172,14 @@ def renew(names: tuple[str, ...], root: str, days: int, key_mode: str, key_type:
     code = 2 if p.stranded else EXIT_HOOK if session is not None and session.failures else 0
     if backup is None:
         console.print("nothing to renew")
-        emit(RJ.renewal_data("nothing-to-renew", p, recovered=result.recovered, exit_code=code, display=fs.display))
+        emit("nothing-to-renew", p, recovered=result.recovered, exit_code=code)
         _fail_on_stranded(p)
         _fail_on_hooks(session)
         return
     print_applied(console, p, backup, fs, root, "renewed")
     if p.components:
         console.print("restart to load the new files: " + ", ".join(p.components))
-    emit(RJ.renewal_data("renewed", p, backup=backup, recovered=result.recovered, exit_code=code, display=fs.display))
+    emit("renewed", p, backup=backup, recovered=result.recovered, exit_code=code)
     _fail_on_stranded(p)
     _fail_on_hooks(session)
 
@@ -187,11 +187,15 @@ def renew(names: tuple[str, ...], root: str, days: int, key_mode: str, key_type:
 EXIT_HOOK = 6  # the run itself succeeded (or changed nothing), but a deploy or post hook failed
 
 
-def _emitter(as_json: bool) -> Callable[[Dict[str, Any]], None]:
-    """-o json: the document on stdout (once, before any failing exit); text: nothing more."""
-    def emit(doc: Dict[str, Any]) -> None:
+Emit = Callable[..., None]
+
+
+def _emitter(as_json: bool, display: Callable[[str], str]) -> Emit:
+    """-o json: ``emit(result, plan, **details)`` prints report.renewal's document on stdout (once,
+    before any failing exit); text: does nothing (no document is built)."""
+    def emit(result: str, plan: Any, **details: Any) -> None:
         if as_json:
-            click.echo(json.dumps(doc, indent=2))
+            click.echo(json.dumps(RJ.renewal_data(result, plan, display=display, **details), indent=2))
     return emit
 
 
@@ -228,10 +232,10 @@ def _fail_on_stranded(p: Any) -> None:
 
 def _renew_restart(fs: Any, selected: list[str], now: dt.datetime, kwargs: dict[str, Any], console: Any,
                    rollback: bool, setup: Any, engine: Any = None, hooks: Any = None,
-                   emit: Optional[Callable[[Dict[str, Any]], None]] = None) -> Any:
+                   emit: Optional[Emit] = None) -> Any:
     """renew (or ``engine``: a module with renew's plan/apply, e.g. carenew) -> restart -> verify; prints
     it all; returns the outcome when it succeeded (exits otherwise). ``hooks``: a hooks.Session;
-    ``emit``: receives the -o json document before any exit."""
+    ``emit``: given the outcome for -o json before any exit (see _emitter)."""
     from rich.table import Table
 
     from ..inventory import scan
@@ -251,9 +255,9 @@ def _renew_restart(fs: Any, selected: list[str], now: dt.datetime, kwargs: dict[
     if emit is not None:
         result = ("nothing-to-renew" if outcome.backup is None else "renewed" if code == 0 else
                   "rolled-back" if code == 4 else "failed")
-        emit(RJ.renewal_data(result, outcome.plan, backup=outcome.backup, steps=outcome.first.steps,
-                             after_rollback=None if outcome.after_rollback is None else outcome.after_rollback.steps,
-                             recovered=outcome.recovered, exit_code=code, display=fs.display))
+        emit(result, outcome.plan, backup=outcome.backup, steps=outcome.first.steps,
+             after_rollback=None if outcome.after_rollback is None else outcome.after_rollback.steps,
+             recovered=outcome.recovered, exit_code=code)
     if outcome.backup is None:
         console.print("nothing to renew")
         return None

@@ -8,26 +8,19 @@ old certificates: exit 4) or ``failed`` (exit 5: inspect the node).
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from .structured import rfc3339, serial_hex
+
 KIND = "Renewal"
-
-
-def _time(t: Optional[dt.datetime]) -> Optional[str]:
-    return None if t is None else t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _hex(n: Optional[int]) -> Optional[str]:
-    return None if n is None else format(n, "X")
 
 
 def item_data(i: Any) -> Dict[str, Any]:
     """One renew.PlanItem. In a dry run ``newSerial`` and ``newNotAfter`` are those of a certificate
     that was built and not written: the real run issues another serial (and the NotAfter of its own now)."""
     return {"name": i.name, "action": i.action, "reason": i.reason, "path": i.path,
-            "oldSerial": _hex(i.old_serial), "newSerial": _hex(i.new_serial),
-            "oldNotAfter": _time(i.old_not_after), "newNotAfter": _time(i.new_not_after),
+            "oldSerial": serial_hex(i.old_serial), "newSerial": serial_hex(i.new_serial),
+            "oldNotAfter": rfc3339(i.old_not_after), "newNotAfter": rfc3339(i.new_not_after),
             "newSha256Fingerprint": i.new_fingerprint, "key": i.key, "capped": i.capped,
             "differences": list(i.differences), "components": list(i.components)}
 
@@ -54,7 +47,7 @@ def renewal_data(result: str, plan: Any = None, *, dry_run: bool = False, backup
     node path into the path shown (the store's display: ROOT/etc/kubernetes/...), as the items' paths are."""
     d: Dict[str, Any] = {"kind": KIND, "result": result, "dryRun": dry_run}
     if plan is not None:
-        d.update({"root": plan.root, "now": _time(plan.now), "days": plan.days, "profile": plan.profile.name,
+        d.update({"root": plan.root, "now": rfc3339(plan.now), "days": plan.days, "profile": plan.profile.name,
                   "items": [item_data(i) for i in plan.items],
                   "renewed": [i.name for i in plan.renewed],
                   "stranded": [i.name for i in plan.stranded],

@@ -16,12 +16,18 @@ from .text import residual_seconds
 API_VERSION = "output.kubeadm.k8s.io/v1alpha3"
 
 
-def _time(t: Optional[dt.datetime]) -> Optional[str]:
+def rfc3339(t: Optional[dt.datetime]) -> Optional[str]:
+    """A time as every kubecert JSON document writes it (RFC 3339, UTC, whole seconds)."""
     return None if t is None else t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def serial_hex(n: Optional[int]) -> Optional[str]:
+    """A certificate serial as every kubecert JSON document writes it (hex, capitals)."""
+    return None if n is None else format(n, "X")
+
+
 def _item(i: Item, now: dt.datetime, with_ca: bool) -> Dict[str, Any]:
-    d: Dict[str, Any] = {"name": i.name, "expirationDate": _time(i.not_after),
+    d: Dict[str, Any] = {"name": i.name, "expirationDate": rfc3339(i.not_after),
                          "residualTime": residual_seconds(i.not_after, now) if i.not_after else 0}
     if with_ca and i.ca_name:
         d["caName"] = i.ca_name
@@ -29,8 +35,8 @@ def _item(i: Item, now: dt.datetime, with_ca: bool) -> Dict[str, Any]:
     d["missing"] = i.missing
     # kubecert's additions
     d.update({"kind": i.entry.kind.value, "path": i.path, "keyPath": i.key_path,
-              "certificateSource": i.cert_source, "notBefore": _time(i.not_before),
-              "serial": None if i.serial is None else format(i.serial, "X"),
+              "certificateSource": i.cert_source, "notBefore": rfc3339(i.not_before),
+              "serial": serial_hex(i.serial),
               "sha256Fingerprint": i.fingerprint, "subject": i.subject, "issuer": i.issuer,
               "dnsNames": list(i.dns), "ipAddresses": list(i.ips), "keyType": i.key_type,
               "error": i.error})
@@ -52,7 +58,7 @@ def to_data(report: NodeReport, exit_code: int) -> Dict[str, Any]:
                     "reason": report.profile.reason},
         "node": {"root": report.root, "name": report.facts.node_name,
                  "advertiseAddress": report.facts.advertise_address},
-        "checkedAt": _time(now),
+        "checkedAt": rfc3339(now),
         "exitCode": exit_code,
     }
 
