@@ -32,13 +32,12 @@ import pytest
 
 pytest.importorskip("ansible", reason="ansible-core is not installed (pip install ansible-core)")
 
+from ansiblerun import BIN, REPO, ansible_env, kubecert_wrapper, out  # noqa: E402
 from netlab import NAMES, NetLab, lab_problem, netlab, tree_state  # noqa: E402
 
 pytestmark = pytest.mark.timeout(600)
 
-REPO = Path(__file__).resolve().parent.parent
 COLLECTION = REPO / "ansible_collections" / "kubecert" / "pki"
-BIN = Path(sys.executable).parent
 PLAYBOOK = BIN / "ansible-playbook"
 KUBECERT_STATE = "etc/kubernetes/.kubecert"
 RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)\s+skipped=(\d+)", re.M)
@@ -56,11 +55,7 @@ def lab_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetLab]:
 
 def wrapper(lab: NetLab) -> Path:
     """``rolling_renew_bin`` on the nodes: runs the installed package (the single file is not built here)."""
-    path = lab.dir / "kubecert-wrapper"
-    if not path.exists():
-        path.write_text(f"#!/bin/sh\nexec {sys.executable} -m kubecert \"$@\"\n")
-        path.chmod(0o755)
-    return path
+    return kubecert_wrapper(lab.dir)
 
 
 def inventory(lab: NetLab, extra: str = "") -> Path:
@@ -104,30 +99,17 @@ def _control_dir(lab: NetLab) -> str:
     return os.readlink(cp)
 
 
-def ansible_env(lab: NetLab) -> Dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "KUBECERT_"))}
-    home = lab.dir / "ansible-home"
-    env.update(ANSIBLE_CONFIG=str(lab.dir / "no-ansible.cfg"), ANSIBLE_HOME=str(home),
-               ANSIBLE_LOCAL_TEMP=str(home / "tmp"), ANSIBLE_SSH_CONTROL_PATH_DIR=_control_dir(lab),
-               ANSIBLE_COLLECTIONS_PATH=str(REPO), ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1",
-               ANSIBLE_DEPRECATION_WARNINGS="False", ANSIBLE_LOCALHOST_WARNING="False", PYTHONWARNINGS="ignore",
-               ANSIBLE_SSH_RETRIES="2", PATH=f"{BIN}:/usr/bin:/bin:/usr/sbin:/sbin")
-    return env
-
-
 def play(lab: NetLab, book: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """ansible-playbook from the operator namespace, five forks."""
+    """ansible-playbook from the operator namespace, five forks, over the lab's sshd."""
+    env = ansible_env(lab.dir, ANSIBLE_SSH_CONTROL_PATH_DIR=_control_dir(lab), ANSIBLE_SSH_RETRIES="2",
+                      PATH=f"{BIN}:/usr/bin:/bin:/usr/sbin:/sbin")
     return lab.op.run([str(PLAYBOOK), "-i", str(inventory(lab)), "-f", "5", str(book), *args], timeout=timeout,
-                      env=ansible_env(lab))
+                      env=env)
 
 
 def recap(r: subprocess.CompletedProcess[str]) -> Dict[str, Dict[str, int]]:
     return {m.group(1): {"ok": int(m.group(2)), "changed": int(m.group(3)), "unreachable": int(m.group(4)),
                          "failed": int(m.group(5))} for m in RECAP.finditer(r.stdout)}
-
-
-def out(r: subprocess.CompletedProcess[str]) -> str:
-    return f"exit {r.returncode}\n--- stdout ---\n{r.stdout[-8000:]}\n--- stderr ---\n{r.stderr[-3000:]}"
 
 
 def all_trees(lab: NetLab) -> Dict[str, Dict[str, str]]:

@@ -15,7 +15,6 @@ installed package (a two-line wrapper), as in test_ansible.py.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -27,13 +26,12 @@ import yaml
 
 pytest.importorskip("ansible", reason="ansible-core is not installed (pip install ansible-core)")
 
+from ansiblerun import BIN, REPO, ansible_env, kubecert_wrapper, out  # noqa: E402
 from netlab import tree_state  # noqa: E402
 
 pytestmark = pytest.mark.timeout(600)
 
-REPO = Path(__file__).resolve().parent.parent
 FLEET = REPO / "ansible_collections" / "kubecert" / "pki" / "playbooks" / "fleet.yml"
-BIN = Path(sys.executable).parent
 STATE = "etc/kubernetes/.kubecert"
 RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 # cluster -> `kubecert lab create` options; a: external etcd, b: stacked with workers, c: one master
@@ -62,9 +60,7 @@ def make_fleet(base: Path) -> Dict[str, Path]:
 
 def write_inventory(base: Path, roots: Dict[str, Path]) -> Path:
     """kubespray's groups (stacked masters in etcd, masters in kube_node too), one group per cluster."""
-    wrapper = base / "kubecert-wrapper"
-    wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} -m kubecert \"$@\"\n")
-    wrapper.chmod(0o755)
+    wrapper = kubecert_wrapper(base)
 
     def kind(host: str) -> str:
         return host.split("-", 1)[1].rsplit("-", 1)[0]  # etcd / master / worker
@@ -99,17 +95,8 @@ def edit_inventory(inventory: Path, edit: Callable[[Dict[str, Any]], None]) -> N
 
 
 def fleet(base: Path, inventory: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "KUBECERT_"))}
-    env.update(ANSIBLE_CONFIG=str(base / "no-ansible.cfg"), ANSIBLE_HOME=str(base / "ansible-home"),
-               ANSIBLE_LOCAL_TEMP=str(base / "ansible-home" / "tmp"), ANSIBLE_COLLECTIONS_PATH=str(REPO),
-               ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", ANSIBLE_LOCALHOST_WARNING="False",
-               ANSIBLE_DEPRECATION_WARNINGS="False", PYTHONWARNINGS="ignore")
     return subprocess.run([str(BIN / "ansible-playbook"), "-i", str(inventory), "-f", "10", str(FLEET), *extra],
-                          capture_output=True, text=True, timeout=540, env=env, check=False)
-
-
-def out(r: subprocess.CompletedProcess[str]) -> str:
-    return f"exit {r.returncode}\n--- stdout ---\n{r.stdout[-10000:]}\n--- stderr ---\n{r.stderr[-3000:]}"
+                          capture_output=True, text=True, timeout=540, env=ansible_env(base), check=False)
 
 
 def batches(r: subprocess.CompletedProcess[str]) -> List[Set[str]]:

@@ -9,8 +9,6 @@ the "node" is the installed package behind a two-line wrapper.
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,12 +18,11 @@ import pytest
 
 pytest.importorskip("ansible", reason="ansible-core is not installed (pip install ansible-core)")
 
+from ansiblerun import kubecert_wrapper, local_play, module_result, out  # noqa: E402
 from netlab import tree_state  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 
-REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 STATE = "etc/kubernetes/.kubecert"
 
 
@@ -36,60 +33,10 @@ def lab(base: Path, *opts: str) -> Path:
     return base / "lab" / "master-1"
 
 
-def run_play(base: Path, root: Path, tasks: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    """One play on host master-1 (local connection, kubecert's root = ``root``); the last task's result
-    goes to base/result.json when the play registers ``out``."""
-    wrapper = base / "kubecert-wrapper"
-    wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} -m kubecert \"$@\"\n")
-    wrapper.chmod(0o755)
-    book = base / "play.yml"
-    book.write_text(f"""
-- hosts: master-1
-  gather_facts: false
-  vars:
-    node_root: {root}
-    kc: {wrapper}
-  tasks:
-{tasks}
-""")
-    inventory = base / "inventory.ini"
-    inventory.write_text(f"master-1 ansible_connection=local ansible_python_interpreter={sys.executable}\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "KUBECERT_"))}
-    env.update(ANSIBLE_CONFIG=str(base / "no-ansible.cfg"), ANSIBLE_HOME=str(base / "ansible-home"),
-               ANSIBLE_LOCAL_TEMP=str(base / "ansible-home" / "tmp"), ANSIBLE_COLLECTIONS_PATH=str(REPO),
-               ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", ANSIBLE_DEPRECATION_WARNINGS="False",
-               PYTHONWARNINGS="ignore")
-    return subprocess.run([str(BIN / "ansible-playbook"), "-i", str(inventory), str(book), *extra],
-                          capture_output=True, text=True, timeout=240, env=env, check=False)
-
-
-def out(r: subprocess.CompletedProcess[str]) -> str:
-    return f"exit {r.returncode}\n--- stdout ---\n{r.stdout[-8000:]}\n--- stderr ---\n{r.stderr[-3000:]}"
-
-
-RENEW = """    - name: renew
-      kubecert.pki.kubecert_renew:
-        root: "{{{{ node_root }}}}"
-        kubecert_bin: "{{{{ kc }}}}"
-{options}
-      register: out
-      ignore_errors: true
-    - name: keep the result
-      ansible.builtin.copy:
-        content: "{{{{ out | to_json }}}}"
-        dest: "{result}"
-      delegate_to: localhost
-      check_mode: false
-"""
-
-
 def renew(base: Path, root: Path, *extra: str, **options: Any) -> Dict[str, Any]:
-    opts = "\n".join(f"        {k}: {json.dumps(v)}" for k, v in options.items())
-    r = run_play(base, root, RENEW.format(options=opts, result=base / "result.json"), *extra)
-    assert r.returncode == 0, out(r)  # the renew task's own failure is in the result (ignore_errors)
-    result: Dict[str, Any] = json.loads((base / "result.json").read_text())
-    result["_stdout"] = r.stdout
-    return result
+    """kubecert_renew on the lab node with ``options``; its result (a failure included)."""
+    args = dict(root=str(root), kubecert_bin=str(kubecert_wrapper(base)), **options)
+    return module_result(base, "kubecert.pki.kubecert_renew", args, *extra)
 
 
 def hook(root: Path, phase: str, body: str) -> None:
@@ -158,25 +105,27 @@ def test_check_mode_runs_no_hook(tmp_path: Path) -> None:
     assert res["changed"] is True and marker.exists(), res
 
 
-ROLE = """    - name: the role, no restart (nothing runs here), kubecert already on the node
+def role(base: Path, root: Path) -> subprocess.CompletedProcess[str]:
+    """The role, no restart (nothing runs here), kubecert already on the node."""
+    return local_play(base, f"""    - name: the role
       ansible.builtin.include_role:
         name: kubecert.pki.rolling_renew
       vars:
-        rolling_renew_root: "{{ node_root }}"
-        rolling_renew_bin: "{{ kc }}"
+        rolling_renew_root: {root}
+        rolling_renew_bin: {kubecert_wrapper(base)}
         rolling_renew_install: false
         rolling_renew_restart: false
-"""
+""")
 
 
 def test_the_role_fails_a_node_with_a_missing_or_unreadable_certificate(tmp_path: Path) -> None:
     """Nothing is due there (renewal cannot help), but the node is broken: the role says so."""
     root = lab(tmp_path)
-    ok = run_play(tmp_path, root, ROLE)
+    ok = role(tmp_path, root)
     assert ok.returncode == 0, out(ok)
     (root / "etc/kubernetes/pki/apiserver.crt").unlink()
     (root / "etc/kubernetes/pki/front-proxy-client.crt").write_text("garbage\n")
-    r = run_play(tmp_path, root, ROLE)
+    r = role(tmp_path, root)
     assert r.returncode != 0, out(r)
     assert "apiserver" in r.stdout and "front-proxy-client" in r.stdout and "No certificate is missing" in r.stdout, out(r)
 

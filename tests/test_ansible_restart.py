@@ -11,11 +11,7 @@ with the failed check named.
 
 from __future__ import annotations
 
-import json
 import os
-import shlex
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Tuple
 
@@ -23,12 +19,10 @@ import pytest
 
 pytest.importorskip("ansible", reason="ansible-core is not installed (pip install ansible-core)")
 
+from ansiblerun import kubecert_wrapper, module_result  # noqa: E402
 from fakenode.fixture import FakeNode, NodePorts, lab_node, running_node, runtime_socket  # noqa: E402
 
 pytestmark = pytest.mark.timeout(600)
-
-REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 
 
 @pytest.fixture
@@ -41,44 +35,12 @@ def node(tmp_path: Path) -> Iterator[Tuple[Path, NodePorts, FakeNode]]:
 
 
 def restart(tmp_path: Path, root: Path, n: FakeNode, *extra: str, **options: Any) -> Dict[str, Any]:
-    wrapper = tmp_path / "kubecert-wrapper"
+    """kubecert_restart on the node with ``options``, kubecert run in the node's environment; its result."""
     env = dict(n.env)
     if os.environ.get("PYTHONPATH"):
         env["PYTHONPATH"] = os.environ["PYTHONPATH"]
-    assigns = " ".join(shlex.quote(f"{k}={v}") for k, v in env.items())
-    wrapper.write_text(f"#!/bin/sh\nexec env -i {assigns} {shlex.quote(sys.executable)} -m kubecert \"$@\"\n")
-    wrapper.chmod(0o755)
-    opts = "\n".join(f"        {k}: {json.dumps(v)}" for k, v in options.items())
-    book = tmp_path / "restart.yml"
-    book.write_text(f"""
-- hosts: master-1
-  gather_facts: false
-  tasks:
-    - name: restart
-      kubecert.pki.kubecert_restart:
-        root: {root}
-        kubecert_bin: {wrapper}
-{opts}
-      register: out
-      ignore_errors: true
-    - name: keep the result
-      ansible.builtin.copy:
-        content: "{{{{ out | to_json }}}}"
-        dest: {tmp_path / 'result.json'}
-      delegate_to: localhost
-      check_mode: false
-""")
-    inventory = tmp_path / "inventory.ini"
-    inventory.write_text(f"master-1 ansible_connection=local ansible_python_interpreter={sys.executable}\n")
-    aenv = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "KUBECERT_"))}
-    aenv.update(ANSIBLE_CONFIG=str(tmp_path / "no-ansible.cfg"), ANSIBLE_HOME=str(tmp_path / "ansible-home"),
-                ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-home" / "tmp"), ANSIBLE_COLLECTIONS_PATH=str(REPO),
-                ANSIBLE_NOCOLOR="1", ANSIBLE_DEPRECATION_WARNINGS="False", PYTHONWARNINGS="ignore")
-    r = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(inventory), str(book), *extra],
-                       capture_output=True, text=True, timeout=400, env=aenv, check=False)
-    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
-    result: Dict[str, Any] = json.loads((tmp_path / "result.json").read_text())
-    return result
+    args = dict(root=str(root), kubecert_bin=str(kubecert_wrapper(tmp_path, env)), **options)
+    return module_result(tmp_path, "kubecert.pki.kubecert_restart", args, *extra, timeout=400)
 
 
 def stops(n: FakeNode) -> List[List[str]]:

@@ -11,7 +11,6 @@ The playbooks run for real in test_ansible.py (over sshd) and test_ansible_fleet
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -23,19 +22,15 @@ import pytest
 
 pytest.importorskip("ansible", reason="ansible-core is not installed (pip install ansible-core)")
 
+from ansiblerun import BIN, REPO, ansible_env  # noqa: E402
+
 pytestmark = pytest.mark.timeout(900)
 
-REPO = Path(__file__).resolve().parent.parent
 COLLECTION = REPO / "ansible_collections" / "kubecert" / "pki"
-BIN = Path(sys.executable).parent
 
 
 def env(tmp_path: Path) -> Dict[str, str]:
-    e = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
-    e.update(ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", ANSIBLE_COLLECTIONS_PATH=str(REPO),
-             ANSIBLE_HOME=str(tmp_path / "ansible-home"), ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-tmp"),
-             PYTHONWARNINGS="ignore", NO_COLOR="1")
-    return e
+    return ansible_env(tmp_path, NO_COLOR="1")
 
 
 def copy_of_collection(tmp_path: Path) -> Path:
