@@ -39,7 +39,6 @@ from treeutil import (
 )
 
 NOW = "2026-11-30T12:00:00Z"
-REAL = dt.datetime.now(dt.timezone.utc)
 JOURNAL = f"{STATE_DIR}/journal.json"
 
 
@@ -59,6 +58,11 @@ def kubecert(*args: object, timeout: float = 120) -> subprocess.CompletedProcess
     proc = run_kubecert(*map(str, args), timeout=timeout)
     assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
     return proc
+
+
+def real_now() -> dt.datetime:
+    """The real clock when a test runs (never at import: CI may run a test half an hour after collecting it)."""
+    return dt.datetime.now(dt.timezone.utc)
 
 
 def resign_ca(root: Path, not_after: dt.datetime) -> None:
@@ -100,7 +104,7 @@ def test_now_before_the_ca_existed_is_refused(lab: Path, tmp_path: Path) -> None
 
 def test_ca_expiring_within_minutes_is_refused_then_allowed_by_min_days(lab: Path, tmp_path: Path) -> None:
     root = copy_tree(lab, tmp_path / "node")
-    resign_ca(root, (REAL + dt.timedelta(minutes=30)).replace(microsecond=0))
+    resign_ca(root, (real_now() + dt.timedelta(minutes=30)).replace(microsecond=0))
     before = node_state(root)
     assert_one_line_error(kubecert("renew", "apiserver", "--root", root, "--yes"),
                           "apiserver: the new certificate would live only", "when its CA ca expires", "--min-days")
@@ -117,14 +121,14 @@ def test_ca_expiring_within_minutes_is_refused_then_allowed_by_min_days(lab: Pat
 
 def test_expired_ca_is_one_line_and_check_does_not_suggest_renew(lab: Path, tmp_path: Path) -> None:
     root = copy_tree(lab, tmp_path / "node")
-    resign_ca(root, (REAL - dt.timedelta(days=1)).replace(microsecond=0))
+    resign_ca(root, (real_now() - dt.timedelta(days=1)).replace(microsecond=0))
     before = node_state(root)
     line = assert_one_line_error(kubecert("renew", "all", "--root", root, "--yes"), "CA ca expired on ",
-                                 "renew it first (`kubecert ca renew ca`, coming) or rotate it")
+                                 "renew it first (`kubecert ca renew ca`; on a cluster `kubecert cluster ca renew ca`) or rotate it")
     assert kubecert("renew", "all", "--root", root, "--yes").returncode == 3, line
     assert node_state(root) == before
     # check's hint for a leaf of the expired CA must not be a command that then fails
-    later = (REAL + dt.timedelta(days=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    later = (real_now() + dt.timedelta(days=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
     out = kubecert("check", "--root", root, "--now", later).stdout
     fixes = [ln for ln in out.splitlines() if "fix:" in ln]
     assert any("ca" in ln and ("rotate" in ln or "kubecert ca renew" in ln) for ln in fixes), out

@@ -142,7 +142,7 @@ class _Scan:
         if ca is not None and x509ops.not_after(ca) <= self.now and "kubecert renew" in fix:
             # renewing a leaf of an expired CA fails: never suggest a command that then fails
             fix = (f"its CA {ca_name} expired on {x509ops.not_after(ca):%Y-%m-%d}: renew the CA first (kubecert ca "
-                   f"renew {ca_name}, coming) or rotate it, then renew this")
+                   f"renew {ca_name}; on a cluster kubecert cluster ca renew {ca_name}) or rotate it, then renew this")
         shown = self.fs.display(path)
         if message.startswith(shown + ": "):  # errors name their file; the finding already does
             message = message[len(shown) + 2:]
@@ -243,7 +243,8 @@ class _Scan:
         if x509ops.not_after(cert) <= self.now:
             self.find(ERROR, "ca-expired", e.name, path,
                       f"CA {e.name} expired on {x509ops.not_after(cert):%Y-%m-%d %H:%M} UTC",
-                      f"renew the CA with its own key (kubecert ca renew {e.name}, coming) or rotate it "
+                      f"renew the CA with its own key (kubecert ca renew {e.name}; on a cluster kubecert cluster ca renew "
+                      f"{e.name}) or rotate it "
                       "(kubernetes.io: Manual Rotation of CA Certificates)")
         elif x509ops.not_before(cert) > self.now:
             self.find(ERROR, "ca-not-yet-valid", e.name, path,

@@ -249,7 +249,8 @@ def _window(ctx: _Ctx, name: str, ca: Optional[x509.Certificate],
         ca_start, ca_end = x509ops.not_before(ca), x509ops.not_after(ca)
         if ca_end <= ctx.now or (ca_end <= ctx.clock and not ctx.force_validity):
             raise ValidityError(f"CA {ca_name} expired on {_when(ca_end)}: renew it first (`kubecert ca renew "
-                                f"{ca_name}`, coming) or rotate it; nothing was changed")
+                                f"{ca_name}`; on a cluster `kubecert cluster ca renew {ca_name}`) or rotate it; "
+                                "nothing was changed")
         not_before = max(not_before, ca_start)
         if not_after > ca_end:
             not_after, capped = ca_end, True
