@@ -4,9 +4,9 @@ systemd are stand-ins, behind the same adapters as on a real node). Ansible reac
 connection; kubecert on the "node" is the installed package, run in the node's environment (the
 stand-ins' PATH), through a wrapper.
 
-Check mode restarts nothing; a restart returns each component's restart and gate checks from
-`kubecert restart -o json` and the containers are new; a component that never comes back fails the task
-with the failed check named.
+Check mode restarts nothing but refuses what a real run would; a restart returns each component's
+restart and gate checks from `kubecert restart -o json` and the containers are new; a component that
+never comes back fails the task with the failed check named.
 """
 
 from __future__ import annotations
@@ -54,6 +54,12 @@ def test_restart_module_check_mode_restart_and_a_failed_gate(node: Tuple[Path, N
 
     planned = restart(tmp_path, root, n, "--check", components=["etcd", "kube-apiserver"])
     assert planned["changed"] is True and planned.get("failed") is not True, planned
+    assert [(s["component"], s["adapter"].split(" ")[0]) for s in planned["plan"]] == [
+        ("etcd", "static-pod/crictl/container"), ("kube-apiserver", "static-pod/crictl/container")], planned
+    # check mode refuses what the real run would: here a restart command without its component
+    refused = restart(tmp_path, root, n, "--check", components=["etcd"], restart_command=["systemctl restart etcd"])
+    assert refused["failed"] is True and refused["changed"] is False, refused
+    assert "--restart-command" in refused["msg"] and "COMPONENT=COMMAND" in refused["msg"], refused["msg"]
     assert stops(n) == [] and {c: n.container_id(c) for c in before} == before, "check mode restarted something"
 
     done = restart(tmp_path, root, n, components=["etcd", "kube-apiserver"], gate_timeout=["90"])

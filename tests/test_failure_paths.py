@@ -124,7 +124,8 @@ def test_expired_ca_is_one_line_and_check_does_not_suggest_renew(lab: Path, tmp_
     resign_ca(root, (real_now() - dt.timedelta(days=1)).replace(microsecond=0))
     before = node_state(root)
     line = assert_one_line_error(kubecert("renew", "all", "--root", root, "--yes"), "CA ca expired on ",
-                                 "renew it first (`kubecert ca renew ca`; on a cluster `kubecert cluster ca renew ca`) or rotate it")
+                                 "renew it first (`kubecert ca renew ca`; on a cluster `kubecert cluster ca renew ca`) "
+                                 "or rotate it")
     assert kubecert("renew", "all", "--root", root, "--yes").returncode == 3, line
     assert node_state(root) == before
     # check's hint for a leaf of the expired CA must not be a command that then fails

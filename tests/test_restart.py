@@ -9,6 +9,7 @@ every gate and served-cert check runs against the real servers.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shutil
 import subprocess
@@ -27,6 +28,7 @@ from kubecert.errors import ConfigError
 from kubecert.facts import gather
 from kubecert.node.runtime import Options, choose, detect_cri
 from kubecert.store import LocalFS
+from treeutil import tree_state
 
 STATIC = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"]
 
@@ -291,6 +293,43 @@ def test_choose_adapters_and_reasons(lab_root: Path, tmp_path: Path) -> None:
     assert forced["etcd"].adapter.name == "static-pod/docker/manifest" and forced["etcd"].reason == "forced: docker"
     with pytest.raises(ConfigError):
         choose(LocalFS(str(tmp_path)), facts, ["kube-apiserver"])
+
+
+def test_restart_dry_run_makes_the_real_runs_choices_and_refusals_and_touches_nothing(
+        tmp_path: Path) -> None:
+    """`restart --dry-run` (what kubecert_restart's check mode runs): the adapters a real run would use,
+    the same refusals (exit non-zero, one line), and nothing restarted or written: no lock, no state."""
+    root, _ = lab_node(tmp_path / "lab")
+    runtime_socket(root, "containerd")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "kubecert", "restart", "--root", str(root), *args],
+                              capture_output=True, text=True, timeout=60)
+
+    before = tree_state(root)  # the state directory too: a dry run takes no lock
+    refused = run("--dry-run")  # the kubelet has neither unit file nor init script here
+    assert refused.returncode != 0 and refused.stdout == "", refused
+    assert refused.stderr.strip().splitlines() == [
+        "kubecert: error: kubelet: no systemd unit or init script for kubelet; pass --service-manager "
+        "systemd|sysv or --restart-command"], refused.stderr
+    bad = run("etcd", "--dry-run", "--restart-command", "etcd")
+    assert bad.returncode != 0 and "--restart-command" in bad.stderr and bad.stdout == "", bad
+
+    planned = run("--dry-run", "-o", "json", "--service-manager", "systemd",
+                  "--restart-command", "kube-scheduler=systemctl restart my-scheduler")
+    assert planned.returncode == 0, planned.stderr
+    doc = json.loads(planned.stdout)
+    assert doc["dryRun"] is True and doc["restarts"] == [] and doc["exitCode"] == 0, doc
+    assert doc["components"] == list(spec.COMPONENTS)  # every component found, in restart order
+    assert {p["component"]: p["adapter"] for p in doc["plan"]} == {
+        **{c: "static-pod/crictl/container (containerd: socket /run/containerd/containerd.sock found)"
+           for c in ("etcd", "kube-apiserver", "kube-controller-manager")},
+        "kube-scheduler": "command (given by the operator)",
+        "kubelet": "systemd/kubelet (forced: systemd)"}, doc["plan"]
+    assert "Dry run: nothing was restarted." in planned.stderr
+    assert tree_state(root) == before, "a dry run wrote something"
+    real = run("--yes")  # the real run refuses the same way, before restarting anything
+    assert (real.returncode, real.stderr) == (refused.returncode, refused.stderr), real
 
 
 def test_external_etcd_host_uses_its_systemd_unit(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from typing import Optional
@@ -25,17 +26,21 @@ from .common import (
 @click.argument("components", nargs=-1, type=click.Choice(spec.COMPONENTS))
 @root_option
 @click.option("--yes", "-y", is_flag=True, help="Restart without asking.")
+@click.option("--dry-run", is_flag=True,
+              help="Show each component and how it would be restarted (the same checks as a real run); "
+                   "restart nothing.")
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="json: one document on stdout (each restart and its gate's checks); the report goes to stderr.")
 @runtime_options
 @handle_errors
-def restart(components: tuple[str, ...], root: str, yes: bool, output: str, cri: Optional[str], strategy: str,
-            service_manager: Optional[str], restart_commands: tuple[str, ...], gate_timeouts: tuple[str, ...],
+def restart(components: tuple[str, ...], root: str, yes: bool, dry_run: bool, output: str, cri: Optional[str],
+            strategy: str, service_manager: Optional[str], restart_commands: tuple[str, ...], gate_timeouts: tuple[str, ...],
             restart_timeout: float) -> None:
     """Restart components in order (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
     kubelet), each followed by its health gate; stop at the first failure.
 
-    Without COMPONENTS: every component found on the node."""
+    Without COMPONENTS: every component found on the node. With --dry-run: the same choice of how
+    to restart each component, and the same refusals, but nothing is restarted."""
     from ..node.restart import restart_in_order
     from ..node.runtime import choose
     from ..node.verify import Verifier
@@ -47,12 +52,23 @@ def restart(components: tuple[str, ...], root: str, yes: bool, output: str, cri:
                                        restart_timeout)
     as_json = output == "json"
     console = console_for(err=as_json)
-    with fs.lock(LOCK):
+    # a dry run is read-only like check: no lock, so it also answers while a renewal holds the node
+    with contextlib.nullcontext() if dry_run else fs.lock(LOCK):
         verifier = Verifier(fs)
         wanted = list(components) or list(verifier.components)
+        if not wanted:
+            fail("no component found on this node (no static pod manifests, etcd unit or kubelet config)")
         choices = choose(fs, verifier.facts, wanted, options)
         for c in wanted:
-            console.print(f"{c}: {choices[c].adapter.describe()}")
+            console.print(f"{c}: {'would restart: ' if dry_run else ''}{choices[c].adapter.describe()}")
+        if dry_run:
+            console.print("Dry run: nothing was restarted.")
+            if as_json:
+                click.echo(json.dumps({"kind": "Restart", "root": root, "dryRun": True, "components": wanted,
+                                       "ok": True, "plan": [{"component": c, "adapter": choices[c].adapter.describe()}
+                                                            for c in wanted],
+                                       "restarts": [], "exitCode": 0}, indent=2))
+            return
         if not yes:
             if not sys.stdin.isatty():
                 fail("not a terminal and --yes not given; re-run with --yes to restart")
@@ -63,7 +79,7 @@ def restart(components: tuple[str, ...], root: str, yes: bool, output: str, cri:
     if as_json:
         from ..report.renewal import steps_data
 
-        click.echo(json.dumps({"kind": "Restart", "root": root, "components": wanted, "ok": seq.ok,
+        click.echo(json.dumps({"kind": "Restart", "root": root, "dryRun": False, "components": wanted, "ok": seq.ok,
                                "restarts": steps_data(seq.steps), "exitCode": 0 if seq.ok else 2}, indent=2))
     if not seq.ok:
         failed = seq.failed

@@ -18,7 +18,10 @@ description:
     (etcd cluster health, apiserver C(/readyz) and served certificate, the healthz endpoints) - and
     stops at the first failure, which fails the task with kubecert's one-line error (RV(restarts) says
     which component failed which check).
-  - Check mode changes nothing and reports the restart as a change that would happen.
+  - Check mode runs C(kubecert restart --dry-run), which restarts nothing but makes the same choices and
+    refusals as a real run (each component must be found on the node and have a way to be restarted;
+    the restart options must parse), and reports the restart as a change that would happen, with
+    RV(plan).
 options:
   components:
     description: Components to restart; empty means every component found on the node.
@@ -35,7 +38,8 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    description: Restarts nothing; reports the restart as a change that would happen.
+    description: Restarts nothing; checks what a real run would check and reports the restart as a change
+      that would happen.
   diff_mode:
     support: none
     description: A restart changes no file.
@@ -54,10 +58,17 @@ EXAMPLES = r"""
 
 RETURN = r"""
 components:
-  description: The components restarted (in check mode, those asked for; empty = every component found).
+  description: The components restarted, in order (in check mode, those that would be; every component
+    found on the node when O(components) is empty).
   returned: always
   type: list
   elements: str
+plan:
+  description: Check mode only - per component, in order, how it would be restarted (C(component),
+    C(adapter), e.g. C(static-pod/crictl/container) or C(systemd/kubelet), with the reason it was chosen).
+  returned: in check mode
+  type: list
+  elements: dict
 restarts:
   description: C(kubecert restart -o json)'s C(restarts) - per component, in order, the adapter, whether
     the restart and its health gate passed (C(ok)), and each gate check (name, target, ok, detail).
@@ -84,12 +95,21 @@ def main():
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
     p = module.params
     result = dict(changed=True, components=p["components"])
-    if module.check_mode:
-        module.exit_json(**result)
-    args = ["restart"] + p["components"] + ["--root", p["root"], "--yes", "-o", "json"] + restart_args(p)
+    args = ["restart"] + p["components"] + ["--root", p["root"], "-o", "json"] + restart_args(p)
     if p["restart_timeout"] is not None:
         args += ["--restart-timeout", str(p["restart_timeout"])]
-    rc, out, err = module.run_command([p["kubecert_bin"]] + args)
+    if module.check_mode:
+        rc, out, err = module.run_command([p["kubecert_bin"]] + args + ["--dry-run"])
+        try:
+            doc = json.loads(out) if rc == 0 else None
+        except ValueError:
+            doc = None
+        if doc is None:
+            module.fail_json(msg=last_line(err) or "kubecert restart --dry-run exited with %d and printed no JSON" % rc,
+                             rc=rc, stderr=err, changed=False, components=p["components"])
+        result.update(components=doc.get("components", p["components"]), plan=doc.get("plan", []))
+        module.exit_json(**result)
+    rc, out, err = module.run_command([p["kubecert_bin"]] + args + ["--yes"])
     try:
         doc = json.loads(out)
     except ValueError:
