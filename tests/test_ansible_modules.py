@@ -9,6 +9,7 @@ the "node" is the installed package behind a two-line wrapper.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -137,3 +138,51 @@ def test_check_mode_refuses_what_the_real_run_would(tmp_path: Path) -> None:
     assert res["failed"] is True and "--gate-timeout" in res["msg"] and "'abc'" in res["msg"], res
     res = renew(tmp_path, root, "--check", restart=True, gate_timeout=["90", "etcd=180"])
     assert res.get("failed") is not True and res["changed"] is True, res
+
+
+def test_the_modules_run_no_kubecert_another_user_can_change(tmp_path: Path) -> None:
+    """Each module runs as root: the executable, and every directory above it as written and resolved,
+    must be root's and not group/world-writable (sticky /tmp, where these tests live, is fine). Otherwise
+    the task fails naming the culprit and nothing is run (the wrapper would leave a trace)."""
+    root = lab(tmp_path)
+    before = tree_state(root)
+    trace = tmp_path / "ran"
+    real = kubecert_wrapper(tmp_path)
+    safe = tmp_path / "safe"
+    safe.mkdir(mode=0o755)
+    exe = safe / "kubecert"
+    exe.write_text(f"#!/bin/sh\ntouch {trace}\nexec {real} \"$@\"\n")
+    exe.chmod(0o755)
+
+    def call(module: str, bin_path: Path, *extra: str) -> Dict[str, Any]:
+        return module_result(tmp_path, module, dict(root=str(root), kubecert_bin=str(bin_path)), *extra)
+
+    ok = call("kubecert.pki.kubecert_check", exe)
+    assert ok.get("failed") is not True and trace.exists(), ok  # the trusted path runs
+    trace.unlink()
+
+    exe.chmod(0o775)  # group-writable file
+    res = call("kubecert.pki.kubecert_check", exe)
+    assert res["failed"] is True and res["msg"] == (
+        f"refusing to run {exe}: {exe} is owned by uid 0 with mode 0775 (must be root's, not group/world-writable)"), res
+    exe.chmod(0o755)
+
+    os.chown(safe, 65534, 65534)  # a directory above it that another user owns
+    res = call("kubecert.pki.kubecert_renew", exe, "--check")
+    assert res["failed"] is True, res
+    assert res["msg"] == f"refusing to run {exe}: directory {safe} is owned by uid 65534, not root", res
+    os.chown(safe, 0, 0)
+
+    loose = tmp_path / "loose"  # root's path, but the link resolves into a world-writable (not sticky) directory
+    loose.mkdir()
+    loose.chmod(0o777)
+    (loose / "kubecert").write_text(exe.read_text())
+    (loose / "kubecert").chmod(0o755)
+    link = safe / "kubecert-link"
+    link.symlink_to(loose / "kubecert")
+    res = call("kubecert.pki.kubecert_restart", link, "--check")
+    assert res["failed"] is True and res["changed"] is False, res
+    assert res["msg"] == f"refusing to run {link}: directory {loose} is writable by group or others", res
+
+    assert not trace.exists(), "a refused kubecert was run"
+    assert tree_state(root) == before

@@ -1,16 +1,18 @@
 # -*- coding: utf-8 -*-
 # Copyright: kubecert maintainers
 # Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
-"""What the kubecert.pki modules share: running the kubecert executable on the managed node, reading
-its ``-o json`` output (never its text), durations as the CLI writes them, and the certificate records
-of ``kubecert check -o json``."""
+"""What the kubecert.pki modules share: running the kubecert executable on the managed node (only one
+that no other user can change), reading its ``-o json`` output (never its text), durations as the CLI
+writes them, and the certificate records of ``kubecert check -o json``."""
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
 import json
+import os
 import re
+import stat
 
 DEFAULT_BIN = "/usr/local/bin/kubecert"
 
@@ -69,10 +71,55 @@ def last_line(text):
     return lines[-1].strip() if lines else ""
 
 
+def _trusted(st):
+    return st.st_uid in (0, os.geteuid())  # root, or the user the module runs as
+
+
+def untrusted(path):
+    """Why another user could change what ``path`` (absolute) runs, or None: the file and every directory
+    above it, as written and resolved, must be root's (or the module user's) and not writable by group or
+    others; a sticky directory such as /tmp may be, as others cannot replace root's entries in it (the
+    next step, checked in turn, must be root's own). kubecert's hook check applies the same rule."""
+    if not os.path.isabs(path):
+        return "not an absolute path"
+    for candidate in (path, os.path.realpath(path)):
+        parts = [p for p in candidate.split("/") if p]
+        current = "/"
+        for i in range(len(parts) + 1):
+            if i:
+                current = os.path.join(current, parts[i - 1])
+            try:
+                st = os.lstat(current)
+            except OSError as exc:
+                return "%s: %s" % (current, exc.strerror)
+            if stat.S_ISLNK(st.st_mode):
+                continue  # the directory holding the link was checked; its target is, by realpath
+            if i == len(parts):
+                if not stat.S_ISREG(st.st_mode):
+                    return "%s is not a regular file" % current
+                if not _trusted(st) or st.st_mode & 0o022:
+                    return "%s is owned by uid %d with mode %04o (must be root's, not group/world-writable)" % (
+                        current, st.st_uid, stat.S_IMODE(st.st_mode))
+            elif not _trusted(st):
+                return "directory %s is owned by uid %d, not root" % (current, st.st_uid)
+            elif st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+                return "directory %s is writable by group or others" % current
+    return None
+
+
+def execute(module, args):
+    """``kubecert ARGS`` on the node -> (rc, stdout, stderr); fails the task, running nothing, when another
+    user could have changed the executable (the modules run as root)."""
+    why = untrusted(module.params["kubecert_bin"])
+    if why is not None:
+        module.fail_json(msg="refusing to run %s: %s" % (module.params["kubecert_bin"], why), changed=False)
+    return module.run_command([module.params["kubecert_bin"]] + list(args))
+
+
 def run(module, args, ok=(0,)):
     """``kubecert ARGS`` on the node; on an exit code not in ``ok``, fail with the CLI's one-line error."""
     cmd = [module.params["kubecert_bin"]] + list(args)
-    rc, out, err = module.run_command(cmd)
+    rc, out, err = execute(module, args)
     if rc not in ok:
         module.fail_json(msg=last_line(err) or last_line(out) or "kubecert exited with %d" % rc,
                          rc=rc, cmd=cmd, stdout=out, stderr=err)

@@ -134,8 +134,8 @@ import json
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kubecert.pki.plugins.module_utils.kubecert import (
-    RENEWABLE, check, common_argument_spec, last_line, records, restart_args, restart_argument_spec, run, seconds,
-    state)
+    RENEWABLE, check, common_argument_spec, execute, last_line, records, restart_args, restart_argument_spec, run,
+    seconds, state)
 
 
 def main():
@@ -220,7 +220,7 @@ def main():
     args = ["renew"] + names + common + ["--yes"]
     if p["restart"]:
         args += ["--restart"] + restart_args(p)
-    rc, out, err = module.run_command([p["kubecert_bin"]] + args)
+    rc, out, err = execute(module, args)
     doc = document(module, rc, out, err, required=rc == 0)
     result["renewal"] = doc
     if doc is not None and doc.get("result") in ("renewed", "rolled-back", "failed"):

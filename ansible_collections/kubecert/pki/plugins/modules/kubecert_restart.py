@@ -81,7 +81,7 @@ import json
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kubecert.pki.plugins.module_utils.kubecert import (
-    common_argument_spec, last_line, restart_args, restart_argument_spec)
+    common_argument_spec, execute, last_line, restart_args, restart_argument_spec)
 
 
 def main():
@@ -99,7 +99,7 @@ def main():
     if p["restart_timeout"] is not None:
         args += ["--restart-timeout", str(p["restart_timeout"])]
     if module.check_mode:
-        rc, out, err = module.run_command([p["kubecert_bin"]] + args + ["--dry-run"])
+        rc, out, err = execute(module, args + ["--dry-run"])
         try:
             doc = json.loads(out) if rc == 0 else None
         except ValueError:
@@ -109,7 +109,7 @@ def main():
                              rc=rc, stderr=err, changed=False, components=p["components"])
         result.update(components=doc.get("components", p["components"]), plan=doc.get("plan", []))
         module.exit_json(**result)
-    rc, out, err = module.run_command([p["kubecert_bin"]] + args + ["--yes"])
+    rc, out, err = execute(module, args + ["--yes"])
     try:
         doc = json.loads(out)
     except ValueError:
