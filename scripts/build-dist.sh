@@ -10,6 +10,9 @@
 #                                 runtime dependency's wheels for CPython 3.9-3.13, manylinux x86_64
 #                                 and aarch64: pip install --no-index --find-links wheelhouse kubecert
 #   SHA256SUMS                    of every file above (sha256sum -c SHA256SUMS)
+#   SHA256SUMS.sig                with --sign: OpenSSH's signature of SHA256SUMS, namespace kubecert-dist
+#                                 (ssh-keygen -Y verify -f allowed_signers -I SIGNER -n kubecert-dist
+#                                 -s SHA256SUMS.sig < SHA256SUMS; the role checks it the same way)
 #
 # Needs: the build Python with kubecert's dependencies and PyInstaller (the test extras), objdump
 # (binutils, PyInstaller needs it too), and PyPI for the wheelhouse and the wheel's build backend.
@@ -20,6 +23,8 @@
 #   --out DIR            write there instead of dist/ (only the files above are replaced)
 #   --local-wheelhouse   dependencies for this Python on this machine only (fast; the tests use it)
 #   --no-binary          skip the single file      --no-wheelhouse   skip the wheelhouse
+#   --sign KEY           sign SHA256SUMS with this OpenSSH private key (ssh-keygen -Y sign; an
+#                        ssh-agent holding it answers too); its public key goes in allowed_signers
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-python3}
@@ -27,6 +32,7 @@ OUT=$ROOT/dist
 LOCAL=0
 BINARY=1
 WHEELHOUSE=1
+SIGN_KEY=
 PYTHONS="3.9 3.10 3.11 3.12 3.13"
 ARCHES="x86_64 aarch64"
 
@@ -36,6 +42,7 @@ while [ $# -gt 0 ]; do
     --local-wheelhouse) LOCAL=1; shift ;;
     --no-binary) BINARY=0; shift ;;
     --no-wheelhouse) WHEELHOUSE=0; shift ;;
+    --sign) SIGN_KEY=${2:-}; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "build-dist.sh: unknown option $1 (see --help)" >&2; exit 3 ;;
   esac
@@ -53,6 +60,11 @@ CODE_VERSION=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$ROOT/src/kubecert/__in
 ARCH=$(uname -m)
 NAME="kubecert-$VERSION-linux-$ARCH"
 command -v objdump >/dev/null || die "objdump not found: apt-get install binutils"
+if [ -n "$SIGN_KEY" ]; then  # checked before the long build, not after it
+  command -v ssh-keygen >/dev/null || die "--sign needs ssh-keygen (OpenSSH 8.1 or later)"
+  [ -f "$SIGN_KEY" ] && [ -r "$SIGN_KEY" ] || die "--sign $SIGN_KEY: no such readable key file"
+  SIGN_KEY=$(cd "$(dirname "$SIGN_KEY")" && pwd)/$(basename "$SIGN_KEY")
+fi
 if [ $BINARY = 1 ]; then
   "$PY" -c "import PyInstaller" 2>/dev/null || die "PyInstaller missing: $PY -m pip install pyinstaller (in the test extras)"
 fi
@@ -62,7 +74,7 @@ trap 'rm -rf "$TMP"' EXIT
 START=$(date +%s)
 
 # Only what this script writes is replaced: --out may be a directory holding other things.
-rm -rf "$OUT/share" "$OUT/wheelhouse" "$OUT/SHA256SUMS"
+rm -rf "$OUT/share" "$OUT/wheelhouse" "$OUT/SHA256SUMS" "$OUT/SHA256SUMS.sig"
 rm -f "$OUT"/kubecert-*-linux-*
 
 say "kubecert $VERSION -> $OUT"
@@ -141,6 +153,11 @@ if [ $WHEELHOUSE = 1 ]; then
 fi
 
 # 5. checksums of everything, relative to dist/ (sha256sum -c SHA256SUMS, in dist/)
-(cd "$OUT" && find . -type f ! -name SHA256SUMS ! -path './.*' | sed 's|^\./||' | LC_ALL=C sort \
-   | xargs -d '\n' sha256sum > SHA256SUMS)
+(cd "$OUT" && find . -type f ! -name SHA256SUMS ! -name SHA256SUMS.sig ! -path './.*' | sed 's|^\./||' \
+   | LC_ALL=C sort | xargs -d '\n' sha256sum > SHA256SUMS)
+if [ -n "$SIGN_KEY" ]; then
+  ssh-keygen -q -Y sign -f "$SIGN_KEY" -n kubecert-dist "$OUT/SHA256SUMS" \
+    || die "signing SHA256SUMS with $SIGN_KEY failed (dist/ is built but unsigned)"
+  say "SHA256SUMS.sig: signed with $(ssh-keygen -l -f "$SIGN_KEY" | cut -d ' ' -f 2) (namespace kubecert-dist)"
+fi
 say "SHA256SUMS: $(wc -l < "$OUT/SHA256SUMS") files; done in $(( $(date +%s) - START ))s"

@@ -9,11 +9,12 @@ the "node" is the installed package behind a two-line wrapper.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 import pytest
 
@@ -186,3 +187,74 @@ def test_the_modules_run_no_kubecert_another_user_can_change(tmp_path: Path) -> 
 
     assert not trace.exists(), "a refused kubecert was run"
     assert tree_state(root) == before
+
+
+def test_the_role_installs_only_a_build_whose_sha256sums_the_release_key_signed(tmp_path: Path) -> None:
+    """With rolling_renew_dist_allowed_signers, SHA256SUMS must carry a valid OpenSSH signature
+    (ssh-keygen -Y, namespace kubecert-dist, as build-dist.sh --sign makes) by the named signer; a
+    re-made SHA256SUMS, another key's signature, no signature or no signer install nothing."""
+    root = lab(tmp_path)
+    dist = tmp_path / "dist"
+    dist.mkdir()
+    build = dist / "kubecert-0.1.0-linux-x86_64"  # the installed package behind a wrapper stands in for the build
+    build.write_text(kubecert_wrapper(tmp_path).read_text())
+    sums = dist / "SHA256SUMS"
+    sums.write_text(f"{hashlib.sha256(build.read_bytes()).hexdigest()}  {build.name}\n")
+
+    def key(name: str) -> Path:
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(tmp_path / name)],
+                       check=True, timeout=30)
+        return tmp_path / name
+
+    def sign(with_key: Path) -> None:
+        (dist / "SHA256SUMS.sig").unlink(missing_ok=True)
+        subprocess.run(["ssh-keygen", "-q", "-Y", "sign", "-f", str(with_key), "-n", "kubecert-dist", str(sums)],
+                       check=True, timeout=30)
+
+    release, other = key("release"), key("other")
+    allowed = tmp_path / "allowed_signers"
+    allowed.write_text(f"release@kubecert.example {(tmp_path / 'release.pub').read_text()}")
+
+    def install(case: str, signer: str = "release@kubecert.example") -> Tuple[subprocess.CompletedProcess[str], Path]:
+        bin_dir = tmp_path / f"bin-{case}"
+        bin_dir.mkdir(mode=0o755)
+        r = local_play(tmp_path, f"""    - name: the role
+      ansible.builtin.include_role:
+        name: kubecert.pki.rolling_renew
+      vars:
+        rolling_renew_root: {root}
+        rolling_renew_bin: {bin_dir / 'kubecert'}
+        rolling_renew_dist_file: {build}
+        rolling_renew_dist_allowed_signers: {allowed}
+        rolling_renew_dist_signer: "{signer}"
+        rolling_renew_restart: false
+""")
+        return r, bin_dir / "kubecert"
+
+    sign(release)
+    r, installed = install("signed")
+    assert r.returncode == 0, out(r)
+    assert installed.read_bytes() == build.read_bytes()
+
+    sums.write_text(sums.read_text() + f"{'0' * 64}  extra-file\n")  # changed after signing
+    r, installed = install("changed")
+    assert r.returncode != 0 and "carries no valid signature by release@kubecert.example" in r.stdout, out(r)
+    assert not installed.exists()
+
+    sign(other)
+    r, installed = install("other-key")
+    assert r.returncode != 0 and "carries no valid signature by release@kubecert.example" in r.stdout, out(r)
+    assert not installed.exists()
+
+    sign(release)
+    r, installed = install("wrong-signer", signer="someone@else.example")
+    assert r.returncode != 0 and "carries no valid signature by someone@else.example" in r.stdout, out(r)
+    assert not installed.exists()
+    r, installed = install("no-signer", signer="")
+    assert r.returncode != 0 and "rolling_renew_dist_signer names the signer" in r.stdout, out(r)
+    assert not installed.exists()
+
+    (dist / "SHA256SUMS.sig").unlink()
+    r, installed = install("unsigned")
+    assert r.returncode != 0 and "carries no valid signature" in r.stdout, out(r)
+    assert not installed.exists()

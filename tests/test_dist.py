@@ -362,6 +362,40 @@ def test_sha256sums_cover_the_distribution(dist: Path) -> None:
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
+def test_sign_makes_an_openssh_signature_of_sha256sums(tmp_path: Path) -> None:
+    """build-dist.sh --sign KEY: SHA256SUMS.sig that `ssh-keygen -Y verify` accepts for the release key
+    (namespace kubecert-dist) and not once SHA256SUMS changes; a key that is not there is refused before
+    anything is built. (The man page and completions only: the signature does not depend on the rest.)"""
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "release", "-f", str(tmp_path / "key")],
+                   check=True, timeout=30)
+    allowed = tmp_path / "allowed_signers"
+    allowed.write_text(f"release@kubecert.example {(tmp_path / 'key.pub').read_text()}")
+    out = tmp_path / "dist"
+
+    missing = subprocess.run(["bash", str(ROOT / "scripts/build-dist.sh"), "--out", str(out), "--no-binary",
+                              "--no-wheelhouse", "--sign", str(tmp_path / "nokey")], capture_output=True, text=True,
+                             timeout=300, check=False)
+    assert missing.returncode != 0 and "no such readable key file" in missing.stderr, missing.stderr
+    assert not (out / "SHA256SUMS").exists()
+
+    built = subprocess.run(["bash", str(ROOT / "scripts/build-dist.sh"), "--out", str(out), "--no-binary",
+                            "--no-wheelhouse", "--sign", str(tmp_path / "key")], capture_output=True, text=True,
+                           timeout=300, check=False)
+    assert built.returncode == 0, built.stdout + built.stderr
+    assert "SHA256SUMS.sig" not in (out / "SHA256SUMS").read_text()
+
+    def verify() -> subprocess.CompletedProcess[str]:
+        with open(out / "SHA256SUMS", "rb") as sums:
+            return subprocess.run(["ssh-keygen", "-Y", "verify", "-f", str(allowed), "-I", "release@kubecert.example",
+                                   "-n", "kubecert-dist", "-s", str(out / "SHA256SUMS.sig")], stdin=sums,
+                                  capture_output=True, timeout=30, check=False)
+
+    assert verify().returncode == 0, verify().stderr
+    with open(out / "SHA256SUMS", "a") as f:
+        f.write(f"{'0' * 64}  planted\n")
+    assert verify().returncode != 0
+
+
 def test_glibc_baseline_is_checked(binary: Path) -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "packaging/glibc_baseline.py"), str(binary), "--json"],
                           capture_output=True, text=True, check=True)
