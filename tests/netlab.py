@@ -638,7 +638,7 @@ def _prepare_tree(lab: Path) -> None:
 
 
 @contextlib.contextmanager
-def netlab(tmp_path: Path, *, expires_in: str = "10m", expired: bool = False, workers: int = 0,
+def netlab(tmp_path: Path, *, expires_in: str = "1d", expired: bool = False, workers: int = 0,
            ready_timeout: float = 90.0, lab_now: Optional[dt.datetime] = None,
            etcd_units: bool = False, running: bool = True) -> Iterator[NetLab]:
     """Build and run the namespaced lab under ``tmp_path``; tear everything down on exit.
@@ -649,8 +649,9 @@ def netlab(tmp_path: Path, *, expires_in: str = "10m", expired: bool = False, wo
     the real kubelet does. ``expired``: every leaf expired (``lab create --expired``): the lab is started
     but, as a cluster whose certificates expired, never becomes ready; it returns once every
     component was started. ``lab_now``: the lab's ``--now`` (when the cluster was "initialised";
-    ``expires_in`` counts from it). ``etcd_units``: the seed's topology — etcd runs as each master's
-    systemd unit ``etcd`` (no etcd static pod) and ``etcd/ca.key`` is kept on master-1 only.
+    ``expires_in`` counts from it; its default, a day, is due and critical for check, yet never
+    expires while a slow machine runs a test). ``etcd_units``: the seed's topology — etcd runs as each
+    master's systemd unit ``etcd`` (no etcd static pod) and ``etcd/ca.key`` is kept on master-1 only.
     ``running=False``: hosts, network and sshd only, nothing of the cluster started (for what reads
     and writes the nodes' files over SSH and never restarts or asks a component)."""
     kube_bin = kubebin.require()

@@ -9,6 +9,7 @@ the "node" is the installed package behind a two-line wrapper.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import os
 import subprocess
@@ -52,18 +53,20 @@ def hook(root: Path, phase: str, body: str) -> None:
 
 
 def test_a_ca_expiring_within_the_window_is_not_renewed_again_and_again(tmp_path: Path) -> None:
-    """The lab's CAs were made 3650 days before 2026-12-25: every leaf they sign, renewed now, would be
-    capped at that date, within 30 days, so due again at the next run (and restarted again, with
-    restart). The module renews none of them and says why; only the kubelet's self-signed serving cert
-    (no CA to cap it) is renewed, once."""
-    root = lab(tmp_path, "--now", "2016-12-27T00:00:00Z")
+    """The lab's CAs (3650 days) were made so that they expire 18 days from now: every leaf they sign,
+    renewed now, would be capped at that date, within 30 days, so due again at the next run (and
+    restarted again, with restart). The module renews none of them and says why; only the kubelet's
+    self-signed serving cert (no CA to cap it) is renewed, once. With a 7-day window they are renewed."""
+    made = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=3650 - 18)).replace(microsecond=0)
+    ca_end = made + dt.timedelta(days=3650)
+    root = lab(tmp_path, "--now", f"{made:%Y-%m-%dT%H:%M:%SZ}")
     res = renew(tmp_path, root, within="30d")
     assert res.get("failed") is not True, res
     assert res["changed"] is True and res["renewed"] == ["kubelet-server"], res
     reasons = {n["name"]: n["reason"] for n in res["not_renewable"]}
     assert {"apiserver", "etcd-server", "front-proxy-client", "admin.conf"} <= set(reasons), reasons
     assert all("renew or rotate the CA first" in why for why in reasons.values()), reasons
-    assert any(w.startswith("apiserver: its CA expires 2026-12-25") for w in res["warnings"]), res["warnings"]
+    assert any(w.startswith(f"apiserver: its CA expires {ca_end:%Y-%m-%d}") for w in res["warnings"]), res["warnings"]
     trees = tree_state(root, skip=[STATE])
     again = renew(tmp_path, root, within="30d")
     assert again["changed"] is False and again["renewed"] == [], again

@@ -124,8 +124,9 @@ def test_stale_cert_fails_gate_and_rolls_back(expiring: Tuple[Path, NodePorts, F
     original = pki_digest(root)
     node.serve_stale("kube-apiserver")
     # the gate waits its whole timeout for the stale apiserver (the failure), then as long for the
-    # restored one to be ready: 8 s was too short for that on a busy machine (two test workers)
-    r = kubecert(node, "renew", "all", "--root", str(root), "--restart", "--yes", "--gate-timeout", "30")
+    # restored one to be ready: 8 s was too short for that on a busy machine (two test workers), and 30 s
+    # leaves a margin of less than 3x over an idle machine's 20 s (a restart of 11 s, 9 s to be ready)
+    r = kubecert(node, "renew", "all", "--root", str(root), "--restart", "--yes", "--gate-timeout", "60")
     assert r.returncode == 4, r.stdout + r.stderr
     assert "old certificate still loaded" in r.stdout
     assert "restored from backup" in r.stderr and "healthy on its old certificates" in r.stderr
