@@ -42,7 +42,8 @@ while [ $# -gt 0 ]; do
     --local-wheelhouse) LOCAL=1; shift ;;
     --no-binary) BINARY=0; shift ;;
     --no-wheelhouse) WHEELHOUSE=0; shift ;;
-    --sign) SIGN_KEY=${2:-}; shift 2 ;;
+    --sign) [ $# -ge 2 ] && [ -n "$2" ] || { echo "build-dist.sh: --sign needs a KEY file" >&2; exit 3; }
+            SIGN_KEY=$2; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "build-dist.sh: unknown option $1 (see --help)" >&2; exit 3 ;;
   esac

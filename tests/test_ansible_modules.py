@@ -21,7 +21,7 @@ import pytest
 
 pytest.importorskip("ansible", reason="ansible-core is not installed (pip install ansible-core)")
 
-from ansiblerun import kubecert_wrapper, local_play, module_result, out  # noqa: E402
+from ansiblerun import BIN, ansible_env, kubecert_wrapper, local_play, module_result, out  # noqa: E402
 from netlab import tree_state  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
@@ -188,8 +188,26 @@ def test_the_modules_run_no_kubecert_another_user_can_change(tmp_path: Path) -> 
     assert res["failed"] is True and res["changed"] is False, res
     assert res["msg"] == f"refusing to run {link}: directory {loose} is writable by group or others", res
 
+    # every link followed counts: a chain whose middle link sits where anyone can repoint it, and a
+    # link another user owns in a sticky directory, both ending at the trusted file
+    (loose / "hop").symlink_to(exe)
+    chain = safe / "kubecert-chain"
+    chain.symlink_to(loose / "hop")
+    res = call("kubecert.pki.kubecert_check", chain)
+    assert res["msg"] == f"refusing to run {chain}: directory {loose} is writable by group or others", res
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    (sticky / "kubecert").symlink_to(exe)
+    os.lchown(sticky / "kubecert", 65534, 65534)
+    theirs = sticky / "kubecert"
+    res = call("kubecert.pki.kubecert_check", theirs)
+    assert res["msg"] == f"refusing to run {theirs}: symlink {theirs} is owned by uid 65534, not root", res
     assert not trace.exists(), "a refused kubecert was run"
     assert tree_state(root) == before
+
+    os.lchown(sticky / "kubecert", 0, 0)  # root's link in a sticky directory: no one else can repoint it
+    assert call("kubecert.pki.kubecert_check", sticky / "kubecert").get("failed") is not True and trace.exists()
 
 
 def test_the_role_installs_only_a_build_whose_sha256sums_the_release_key_signed(tmp_path: Path) -> None:
@@ -218,7 +236,8 @@ def test_the_role_installs_only_a_build_whose_sha256sums_the_release_key_signed(
     allowed = tmp_path / "allowed_signers"
     allowed.write_text(f"release@kubecert.example {(tmp_path / 'release.pub').read_text()}")
 
-    def install(case: str, signer: str = "release@kubecert.example") -> Tuple[subprocess.CompletedProcess[str], Path]:
+    def install(case: str, signer: str = "release@kubecert.example",
+                allowed: object = allowed) -> Tuple[subprocess.CompletedProcess[str], Path]:
         bin_dir = tmp_path / f"bin-{case}"
         bin_dir.mkdir(mode=0o755)
         r = local_play(tmp_path, f"""    - name: the role
@@ -228,7 +247,7 @@ def test_the_role_installs_only_a_build_whose_sha256sums_the_release_key_signed(
         rolling_renew_root: {root}
         rolling_renew_bin: {bin_dir / 'kubecert'}
         rolling_renew_dist_file: {build}
-        rolling_renew_dist_allowed_signers: {allowed}
+        rolling_renew_dist_allowed_signers: "{allowed}"
         rolling_renew_dist_signer: "{signer}"
         rolling_renew_restart: false
 """)
@@ -256,6 +275,42 @@ def test_the_role_installs_only_a_build_whose_sha256sums_the_release_key_signed(
     r, installed = install("no-signer", signer="")
     assert r.returncode != 0 and "rolling_renew_dist_signer names the signer" in r.stdout, out(r)
     assert not installed.exists()
+
+    r, installed = install("no-allowed-signers", signer="release@kubecert.example", allowed="")
+    assert r.returncode != 0 and "rolling_renew_dist_allowed_signers is not set" in r.stdout, out(r)
+    assert not installed.exists()
+
+    # two hosts, one play: each checks the SHA256SUMS it read, none inherits another's pass (h2 names an
+    # unsigned SHA256SUMS listing another build)
+    evil = dist / "evil"
+    evil.mkdir()
+    (evil / build.name).write_text("#!/bin/sh\necho EVIL\n")
+    (evil / "SHA256SUMS").write_text(f"{hashlib.sha256((evil / build.name).read_bytes()).hexdigest()}  {build.name}\n")
+    bins = {h: tmp_path / f"bin-two-{h}" for h in ("h1", "h2")}
+    for d in bins.values():
+        d.mkdir(mode=0o755)
+    inventory = tmp_path / "two.ini"
+    inventory.write_text("".join(
+        f"{h} ansible_connection=local ansible_python_interpreter={sys.executable} rolling_renew_bin={bins[h] / 'kubecert'}"
+        f" rolling_renew_dist_file={(build if h == 'h1' else evil / build.name)}\n" for h in bins))
+    book = tmp_path / "two.yml"
+    book.write_text(f"""- hosts: all
+  gather_facts: false
+  tasks:
+    - name: the role
+      ansible.builtin.include_role:
+        name: kubecert.pki.rolling_renew
+      vars:
+        rolling_renew_root: {root}
+        rolling_renew_dist_allowed_signers: {allowed}
+        rolling_renew_dist_signer: release@kubecert.example
+        rolling_renew_restart: false
+""")
+    r = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(inventory), str(book)], capture_output=True,
+                       text=True, timeout=240, env=ansible_env(tmp_path), check=False)
+    assert r.returncode != 0 and "carries no valid signature" in r.stdout, out(r)
+    assert (bins["h1"] / "kubecert").read_bytes() == build.read_bytes(), out(r)
+    assert not (bins["h2"] / "kubecert").exists(), out(r)
 
     (dist / "SHA256SUMS.sig").unlink()
     r, installed = install("unsigned")

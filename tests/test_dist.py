@@ -382,7 +382,6 @@ def test_sign_makes_an_openssh_signature_of_sha256sums(tmp_path: Path) -> None:
                             "--no-wheelhouse", "--sign", str(tmp_path / "key")], capture_output=True, text=True,
                            timeout=300, check=False)
     assert built.returncode == 0, built.stdout + built.stderr
-    assert "SHA256SUMS.sig" not in (out / "SHA256SUMS").read_text()
 
     def verify() -> subprocess.CompletedProcess[str]:
         with open(out / "SHA256SUMS", "rb") as sums:
@@ -394,6 +393,17 @@ def test_sign_makes_an_openssh_signature_of_sha256sums(tmp_path: Path) -> None:
     with open(out / "SHA256SUMS", "a") as f:
         f.write(f"{'0' * 64}  planted\n")
     assert verify().returncode != 0
+
+    # an empty or missing KEY is refused (a script's unset $KEY must not build an unsigned bundle)
+    for bad in (["--sign", ""], ["--sign"]):
+        r = subprocess.run(["bash", str(ROOT / "scripts/build-dist.sh"), "--out", str(out), "--no-binary",
+                            "--no-wheelhouse", *bad], capture_output=True, text=True, timeout=60, check=False)
+        assert r.returncode != 0 and "--sign needs a KEY file" in r.stderr, (bad, r.stderr)
+    # rebuilt unsigned into the same place: no old signature is left beside the new SHA256SUMS
+    again = subprocess.run(["bash", str(ROOT / "scripts/build-dist.sh"), "--out", str(out), "--no-binary",
+                            "--no-wheelhouse"], capture_output=True, text=True, timeout=300, check=False)
+    assert again.returncode == 0, again.stderr
+    assert (out / "SHA256SUMS").exists() and not (out / "SHA256SUMS.sig").exists()
 
 
 def test_glibc_baseline_is_checked(binary: Path) -> None:

@@ -319,3 +319,21 @@ def test_directory_hooks_checks_the_resolved_chain(tmp_path: Path) -> None:
     with pytest.raises(H.HookError, match="owned by uid 4321"):
         H.directory_hooks(str(root), "pre")
     assert stat.S_IMODE(hook.stat().st_mode) == 0o755
+    os.chown(elsewhere, 0, 0)
+
+    # every link on the way counts, not only the last target: a root-owned link into a world-writable
+    # directory whose own link another user could repoint, and a link another user owns (sticky dir)
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    loose.chmod(0o777)
+    (loose / "hooks").symlink_to(elsewhere)
+    (root / "etc/kubecert/hooks").unlink()
+    (root / "etc/kubecert/hooks").symlink_to(loose / "hooks")
+    with pytest.raises(H.HookError, match=f"directory {loose} is writable by group or others"):
+        H.directory_hooks(str(root), "pre")
+    loose.chmod(0o1777)
+    os.lchown(loose / "hooks", 4321, 4321)
+    with pytest.raises(H.HookError, match=f"symlink {loose / 'hooks'} is owned by uid 4321"):
+        H.directory_hooks(str(root), "pre")
+    os.lchown(loose / "hooks", 0, 0)  # root's link in a sticky directory: no one else can repoint it
+    assert [h.label for h in H.directory_hooks(str(root), "pre")] == [str(root / "etc/kubecert/hooks/pre/10")]

@@ -100,6 +100,8 @@ def _trusted_ids() -> Tuple[int, ...]:
 
 
 def _dir_problem(path: str, st: os.stat_result) -> Optional[str]:
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{path} is not a directory"
     if st.st_uid not in _trusted_ids():
         return f"directory {path} is owned by uid {st.st_uid}, not root"
     # a sticky directory (/tmp) lets others add entries but not replace root's: the next step,
@@ -110,26 +112,36 @@ def _dir_problem(path: str, st: os.stat_result) -> Optional[str]:
 
 
 def _chain_problem(path: str) -> Optional[str]:
-    """Why a non-root user could change what ``path`` (absolute) names, or None. Both the path as
-    written (each directory holding a symlink on the way) and the resolved one are checked."""
-    for candidate in (path, os.path.realpath(path)):
-        parts = [p for p in candidate.split("/") if p]
-        current = "/"
-        for i in range(len(parts) + 1):
-            if i:
-                current = os.path.join(current, parts[i - 1])
-            try:
-                st = os.lstat(current)
-            except OSError as exc:
-                return f"{current}: {exc.strerror}"
-            if stat.S_ISLNK(st.st_mode):
-                continue  # a link: the directory holding it was checked, its target is by realpath
-            if i == len(parts) and not stat.S_ISDIR(st.st_mode):
-                break
-            problem = _dir_problem(current, st)
-            if problem:
-                return problem
-    return None
+    """Why a non-root user could change what the directory ``path`` (absolute) names, or None: it is
+    resolved the way the kernel does, one component at a time, and every directory passed through
+    (it included) must be safe (:func:`_dir_problem`) and every symlink followed root's, so that no
+    link on the way, however many there are, can be repointed by another user."""
+    parts = [p for p in path.split("/") if p]
+    current, links = "/", 0
+    problem = _dir_problem("/", os.lstat("/"))
+    while parts and problem is None:
+        name = parts.pop(0)
+        if name in (".", ".."):
+            current = os.path.dirname(current) if name == ".." else current
+            continue
+        entry = os.path.join(current, name)
+        try:
+            st = os.lstat(entry)
+        except OSError as exc:
+            return f"{entry}: {exc.strerror}"
+        if stat.S_ISLNK(st.st_mode):
+            links += 1
+            if st.st_uid not in _trusted_ids():
+                return f"symlink {entry} is owned by uid {st.st_uid}, not root"
+            if links > 40:
+                return f"{path}: too many levels of symbolic links"
+            target = os.readlink(entry)
+            current = "/" if target.startswith("/") else current
+            parts[:0] = [p for p in target.split("/") if p]
+            continue
+        current = entry
+        problem = _dir_problem(current, st)
+    return problem
 
 
 def _skipped(name: str) -> bool:

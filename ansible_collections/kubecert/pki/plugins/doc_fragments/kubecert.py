@@ -21,9 +21,10 @@ options:
     description:
       - Path of the kubecert executable on the managed node (the role C(kubecert.pki.rolling_renew)
         installs the single-file build there, checksum-verified).
-      - The module runs it only if no other user can change it - the file and every directory above
-        it, as written and resolved, root's and not writable by group or others (sticky directories
-        such as C(/tmp) excepted) - and fails naming the first that is not.
+      - The module runs it only if no other user can change it - resolved one component at a time,
+        every directory on the way root's and not writable by group or others (sticky directories
+        such as C(/tmp) excepted), every symlink followed root's, the file root's and not group- or
+        world-writable - and fails naming the first that is not. It runs the resolved path, from C(/).
     type: path
     default: /usr/local/bin/kubecert
 author:

@@ -75,45 +75,73 @@ def _trusted(st):
     return st.st_uid in (0, os.geteuid())  # root, or the user the module runs as
 
 
-def untrusted(path):
-    """Why another user could change what ``path`` (absolute) runs, or None: the file and every directory
-    above it, as written and resolved, must be root's (or the module user's) and not writable by group or
-    others; a sticky directory such as /tmp may be, as others cannot replace root's entries in it (the
-    next step, checked in turn, must be root's own). kubecert's hook check applies the same rule."""
-    if not os.path.isabs(path):
-        return "not an absolute path"
-    for candidate in (path, os.path.realpath(path)):
-        parts = [p for p in candidate.split("/") if p]
-        current = "/"
-        for i in range(len(parts) + 1):
-            if i:
-                current = os.path.join(current, parts[i - 1])
-            try:
-                st = os.lstat(current)
-            except OSError as exc:
-                return "%s: %s" % (current, exc.strerror)
-            if stat.S_ISLNK(st.st_mode):
-                continue  # the directory holding the link was checked; its target is, by realpath
-            if i == len(parts):
-                if not stat.S_ISREG(st.st_mode):
-                    return "%s is not a regular file" % current
-                if not _trusted(st) or st.st_mode & 0o022:
-                    return "%s is owned by uid %d with mode %04o (must be root's, not group/world-writable)" % (
-                        current, st.st_uid, stat.S_IMODE(st.st_mode))
-            elif not _trusted(st):
-                return "directory %s is owned by uid %d, not root" % (current, st.st_uid)
-            elif st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
-                return "directory %s is writable by group or others" % current
+def _dir_problem(path, st):
+    if not stat.S_ISDIR(st.st_mode):
+        return "%s is not a directory" % path
+    if not _trusted(st):
+        return "directory %s is owned by uid %d, not root" % (path, st.st_uid)
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        return "directory %s is writable by group or others" % path
     return None
 
 
+def resolve_trusted(path):
+    """``path`` (absolute) resolved the way the kernel does, one component at a time, checking everything
+    it passes through -> (real path, None) or (None, why another user could change what it names).
+    Every directory must be root's (or the module user's) and not writable by group or others (a sticky
+    one such as /tmp may be: others cannot replace root's entries in it), every symlink followed root's,
+    and the file itself a regular file, root's, not group/world-writable. Run the real path it returns:
+    then no link is followed again. kubecert's own hook check (hooks.py) walks the same way."""
+    if not os.path.isabs(path):
+        return None, "not an absolute path"
+    parts = [p for p in path.split("/") if p]
+    current, links = "/", 0
+    st = os.lstat("/")
+    why = _dir_problem("/", st)
+    while parts and why is None:
+        name = parts.pop(0)
+        if name == ".":
+            continue
+        if name == "..":
+            current = os.path.dirname(current)
+            continue
+        entry = os.path.join(current, name)
+        try:
+            st = os.lstat(entry)
+        except OSError as exc:
+            return None, "%s: %s" % (entry, exc.strerror)
+        if stat.S_ISLNK(st.st_mode):
+            links += 1
+            if not _trusted(st):
+                why = "symlink %s is owned by uid %d, not root" % (entry, st.st_uid)
+            elif links > 40:
+                why = "%s: too many levels of symbolic links" % path
+            else:
+                target = os.readlink(entry)
+                current = "/" if target.startswith("/") else current
+                parts[:0] = [p for p in target.split("/") if p]
+            continue
+        current = entry
+        if parts:
+            why = _dir_problem(current, st)
+    if why is not None:
+        return None, why
+    st = os.lstat(current)  # what the path ends at (after a final "..", not the entry before it)
+    if not stat.S_ISREG(st.st_mode):
+        return None, "%s is not a regular file" % current
+    if not _trusted(st) or st.st_mode & 0o022:
+        return None, "%s is owned by uid %d with mode %04o (must be root's, not group/world-writable)" % (
+            current, st.st_uid, stat.S_IMODE(st.st_mode))
+    return current, None
+
+
 def execute(module, args):
-    """``kubecert ARGS`` on the node -> (rc, stdout, stderr); fails the task, running nothing, when another
-    user could have changed the executable (the modules run as root)."""
-    why = untrusted(module.params["kubecert_bin"])
+    """``kubecert ARGS`` on the node -> (rc, stdout, stderr), run from / by its checked real path; fails
+    the task, running nothing, when another user could change the executable (the modules run as root)."""
+    real, why = resolve_trusted(module.params["kubecert_bin"])
     if why is not None:
         module.fail_json(msg="refusing to run %s: %s" % (module.params["kubecert_bin"], why), changed=False)
-    return module.run_command([module.params["kubecert_bin"]] + list(args))
+    return module.run_command([real] + list(args), cwd="/")
 
 
 def run(module, args, ok=(0,)):

@@ -20,8 +20,8 @@ description:
     which component failed which check).
   - Check mode runs C(kubecert restart --dry-run), which restarts nothing but makes the same choices and
     refusals as a real run (each component must be found on the node and have a way to be restarted;
-    the restart options must parse), and reports the restart as a change that would happen, with
-    RV(plan).
+    the restart options must parse; only the node's lock is not taken), and reports the restart as a
+    change that would happen, with RV(plan).
 options:
   components:
     description: Components to restart; empty means every component found on the node.
