@@ -26,6 +26,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
+from kubecert.cli.common import real_now  # the wall clock, read when each test runs (never at import)
 from treeutil import (
     STATE_DIR,
     assert_one_line_error,
@@ -58,11 +59,6 @@ def kubecert(*args: object, timeout: float = 120) -> subprocess.CompletedProcess
     proc = run_kubecert(*map(str, args), timeout=timeout)
     assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
     return proc
-
-
-def real_now() -> dt.datetime:
-    """The real clock when a test runs (never at import: CI may run a test half an hour after collecting it)."""
-    return dt.datetime.now(dt.timezone.utc)
 
 
 def resign_ca(root: Path, not_after: dt.datetime) -> None:

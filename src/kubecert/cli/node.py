@@ -52,6 +52,12 @@ def restart(components: tuple[str, ...], root: str, yes: bool, dry_run: bool, ou
                                        restart_timeout)
     as_json = output == "json"
     console = console_for(err=as_json)
+
+    def emit(wanted: list[str], **rest: object) -> None:  # -o json: the one document on stdout
+        if as_json:
+            click.echo(json.dumps({"kind": "Restart", "root": root, "dryRun": dry_run, "components": wanted, **rest},
+                                  indent=2))
+
     # a dry run is read-only like check: no lock, so it also answers while a renewal holds the node
     with contextlib.nullcontext() if dry_run else fs.lock(LOCK):
         verifier = Verifier(fs)
@@ -59,15 +65,12 @@ def restart(components: tuple[str, ...], root: str, yes: bool, dry_run: bool, ou
         if not wanted:
             fail("no component found on this node (no static pod manifests, etcd unit or kubelet config)")
         choices = choose(fs, verifier.facts, wanted, options)
-        for c in wanted:
-            console.print(f"{c}: {'would restart: ' if dry_run else ''}{choices[c].adapter.describe()}")
+        plan = [{"component": c, "adapter": choices[c].adapter.describe()} for c in wanted]
+        for step in plan:
+            console.print(f"{step['component']}: {'would restart: ' if dry_run else ''}{step['adapter']}")
         if dry_run:
             console.print("Dry run: nothing was restarted.")
-            if as_json:
-                click.echo(json.dumps({"kind": "Restart", "root": root, "dryRun": True, "components": wanted,
-                                       "ok": True, "plan": [{"component": c, "adapter": choices[c].adapter.describe()}
-                                                            for c in wanted],
-                                       "restarts": [], "exitCode": 0}, indent=2))
+            emit(wanted, ok=True, plan=plan, restarts=[], exitCode=0)
             return
         if not yes:
             if not sys.stdin.isatty():
@@ -79,8 +82,7 @@ def restart(components: tuple[str, ...], root: str, yes: bool, dry_run: bool, ou
     if as_json:
         from ..report.renewal import steps_data
 
-        click.echo(json.dumps({"kind": "Restart", "root": root, "dryRun": False, "components": wanted, "ok": seq.ok,
-                               "restarts": steps_data(seq.steps), "exitCode": 0 if seq.ok else 2}, indent=2))
+        emit(wanted, ok=seq.ok, restarts=steps_data(seq.steps), exitCode=0 if seq.ok else 2)
     if not seq.ok:
         failed = seq.failed
         fail(f"{failed.component if failed else 'a component'} failed its restart or health gate", 2)

@@ -154,12 +154,19 @@ def run(module, args, ok=(0,)):
     return rc, out, err
 
 
+def json_document(out):
+    """The document kubecert printed on stdout with ``-o json``, or None (it failed before printing one)."""
+    try:
+        return json.loads(out)
+    except ValueError:
+        return None
+
+
 def check(module, extra=()):
     """The node's report (``kubecert check -o json``): exit 0, 1 and 2 are verdicts, 3 is an error."""
     rc, out, err = run(module, ["check", "--root", module.params["root"], "-o", "json"] + list(extra), ok=(0, 1, 2))
-    try:
-        report = json.loads(out)
-    except ValueError:
+    report = json_document(out)
+    if report is None:
         module.fail_json(msg="kubecert check -o json printed no JSON (is %s kubecert?)" % module.params["kubecert_bin"],
                          rc=rc, stdout=out, stderr=err)
     report["exitCode"] = rc

@@ -130,12 +130,11 @@ renewal:
 """
 
 import datetime
-import json
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kubecert.pki.plugins.module_utils.kubecert import (
-    RENEWABLE, check, common_argument_spec, execute, last_line, records, restart_args, restart_argument_spec, run,
-    seconds, state)
+    RENEWABLE, check, common_argument_spec, execute, json_document, last_line, records, restart_args,
+    restart_argument_spec, run, seconds, state)
 
 
 def main():
@@ -259,13 +258,11 @@ def left(when, now):
 
 def document(module, rc, out, err, required=True):
     """The ``renew -o json`` document on stdout (None when absent and not required: a failure before it)."""
-    try:
-        return json.loads(out)
-    except ValueError:
-        if not required:
-            return None
+    doc = json_document(out)
+    if doc is None and required:
         module.fail_json(msg="kubecert renew -o json printed no JSON (is %s kubecert 0.1.0 or later?)"
                          % module.params["kubecert_bin"], rc=rc, stdout=out, stderr=err)
+    return doc
 
 
 if __name__ == "__main__":

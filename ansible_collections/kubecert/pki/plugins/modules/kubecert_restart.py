@@ -77,11 +77,9 @@ restarts:
   elements: dict
 """
 
-import json
-
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kubecert.pki.plugins.module_utils.kubecert import (
-    common_argument_spec, execute, last_line, restart_args, restart_argument_spec)
+    common_argument_spec, execute, json_document, last_line, restart_args, restart_argument_spec)
 
 
 def main():
@@ -98,30 +96,21 @@ def main():
     args = ["restart"] + p["components"] + ["--root", p["root"], "-o", "json"] + restart_args(p)
     if p["restart_timeout"] is not None:
         args += ["--restart-timeout", str(p["restart_timeout"])]
-    if module.check_mode:
-        rc, out, err = execute(module, args + ["--dry-run"])
-        try:
-            doc = json.loads(out) if rc == 0 else None
-        except ValueError:
-            doc = None
-        if doc is None:
-            module.fail_json(msg=last_line(err) or "kubecert restart --dry-run exited with %d and printed no JSON" % rc,
-                             rc=rc, stderr=err, changed=False, components=p["components"])
-        result.update(components=doc.get("components", p["components"]), plan=doc.get("plan", []))
-        module.exit_json(**result)
-    rc, out, err = execute(module, args + ["--yes"])
-    try:
-        doc = json.loads(out)
-    except ValueError:
-        doc = None
+    dry_run = module.check_mode  # kubecert's dry run: the real run's choices and refusals, nothing restarted
+    rc, out, err = execute(module, args + (["--dry-run"] if dry_run else ["--yes"]))
+    doc = json_document(out)
     if doc is not None:
-        result.update(components=doc.get("components", p["components"]), restarts=doc.get("restarts", []))
+        result["components"] = doc.get("components", p["components"])
+        if dry_run:
+            result["plan"] = doc.get("plan", [])
+        else:
+            result["restarts"] = doc.get("restarts", [])
     if rc != 0 or doc is None:
         # with a document a restart sequence ran (components may be down: a change); without one,
         # kubecert refused before restarting anything
-        result["changed"] = doc is not None
-        module.fail_json(msg=last_line(err) or "kubecert restart exited with %d and printed no JSON" % rc,
-                         rc=rc, stderr=err, **result)
+        result["changed"] = doc is not None and not dry_run
+        module.fail_json(msg=last_line(err) or "kubecert restart%s exited with %d and printed no JSON"
+                         % (" --dry-run" if dry_run else "", rc), rc=rc, stderr=err, **result)
     module.exit_json(**result)
 
 
